@@ -1,0 +1,95 @@
+"""Every NeurMAP loss term, each a small function named for the MAP term it implements (SPEC, Losses).
+
+Notation: B blurry, S sharp, Ŝ = G(B) deblurred, m = vn(M(·)) canonical motion (units of 20 px),
+m_rel = vn(M(B)) − vn(M(Ŝ)) the blur left in Ŝ, R the reblur module.
+"""
+from __future__ import annotations
+
+from collections import deque
+
+import torch
+import torch.nn.functional as F
+
+from .metrics.ssim import ms_ssim
+
+
+# --- likelihood terms -------------------------------------------------------------------------------
+
+def reblur_loss(reblurred: torch.Tensor, blurry: torch.Tensor) -> torch.Tensor:
+    """ℓ_rb(B̂, B) = MSE + 0.1·(1 − MS-SSIM): the reblurred estimate must reproduce the observation."""
+    return F.mse_loss(reblurred, blurry) + 0.1 * (1.0 - ms_ssim(reblurred, blurry))
+
+
+def total_variation(z: torch.Tensor) -> torch.Tensor:
+    """TV(z) = mean|∂x z| + mean|∂y z|: smoothness prior on motion maps (and optionally on Ŝ)."""
+    return (z[..., :, 1:] - z[..., :, :-1]).abs().mean() + (z[..., 1:, :] - z[..., :-1, :]).abs().mean()
+
+
+def content_loss(deblurred: torch.Tensor, sharp: torch.Tensor) -> torch.Tensor:
+    """L1(Ŝ, S) on the paired half: the supervised term."""
+    return F.l1_loss(deblurred, sharp)
+
+
+# --- motion-net priors (what M must say about sharp, blurry and deblurred images) ------------------
+
+def sharp_zero_motion_loss(m_sharp: torch.Tensor) -> torch.Tensor:
+    """L1(vn M(S), 0): a sharp image has no motion."""
+    return m_sharp.abs().mean()
+
+
+def blurry_large_motion_loss(m_blurry: torch.Tensor) -> torch.Tensor:
+    """L1(|vn M(B)|, 1) per channel: a blurry image has large motion (20 px)."""
+    return (m_blurry.abs() - 1.0).abs().mean()
+
+
+def residual_blur_loss(m_deblurred: torch.Tensor, m_blurry: torch.Tensor) -> torch.Tensor:
+    """L1(vn M(Ŝ), sg[vn M(B)]): M must find the blur left in Ŝ (adversarial to G)."""
+    return F.l1_loss(m_deblurred, m_blurry.detach())
+
+
+def never_blurrier_loss(m_deblurred: torch.Tensor, m_blurry: torch.Tensor) -> torch.Tensor:
+    """mean(relu(‖vn M(Ŝ)‖ − ‖vn M(B)‖)): Ŝ is never blurrier than B."""
+    return F.relu(m_deblurred.norm(dim=1) - m_blurry.norm(dim=1)).mean()
+
+
+# --- deblur-net prior ------------------------------------------------------------------------------
+
+def sharpness_prior_loss(m_deblurred: torch.Tensor, mu_sharp: torch.Tensor) -> torch.Tensor:
+    """mean((|vn M(Ŝ)| − μ_sharp)²): Ŝ should carry as little motion as real sharp images do."""
+    return ((m_deblurred.abs() - mu_sharp.view(1, -1, 1, 1)) ** 2).mean()
+
+
+class SharpMotionPool:
+    """μ_sharp: running mean of per-channel |vn M(S)| over the last ``size`` batches of sharp images."""
+
+    def __init__(self, size: int = 50, channels: int = 2) -> None:
+        self.size, self.channels = size, channels
+        self.values: deque[torch.Tensor] = deque(maxlen=size)
+
+    def update(self, m_sharp: torch.Tensor) -> None:
+        self.values.append(m_sharp.detach().abs().mean(dim=(0, 2, 3)).float().cpu())
+
+    def mean(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        if not self.values:
+            return torch.zeros(self.channels, device=device)
+        return torch.stack(list(self.values)).mean(0).to(device)
+
+    def state_dict(self) -> dict:
+        return {"size": self.size, "values": [v.clone() for v in self.values]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.values = deque((v.clone() for v in state["values"]), maxlen=state["size"])
+        self.size = state["size"]
+
+
+# --- natural-image prior (LSGAN, summed over discriminator scales) ----------------------------------
+
+def discriminator_loss(d_fake: list[torch.Tensor], d_real: list[torch.Tensor]) -> torch.Tensor:
+    """Σ_scales MSE(D(Ŝ), 0) + MSE(D(real), 1); "real" mixes sharp and blurry natural images."""
+    return sum(F.mse_loss(f, torch.zeros_like(f)) + F.mse_loss(r, torch.ones_like(r))
+               for f, r in zip(d_fake, d_real))
+
+
+def generator_adversarial_loss(d_fake: list[torch.Tensor]) -> torch.Tensor:
+    """Σ_scales MSE(D(Ŝ), 1): Ŝ must look like a natural image to D."""
+    return sum(F.mse_loss(f, torch.ones_like(f)) for f in d_fake)

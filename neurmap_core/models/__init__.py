@@ -1,0 +1,54 @@
+"""Registry of every network: one file per architecture, built by name."""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from ..errors import NeurmapError
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to build one network and what it is for ("deblur", "motion" or "discriminator")."""
+
+    name: str
+    target: str  # "module:Class"
+    role: str
+    kwargs: dict = field(default_factory=dict)
+    description: str = ""
+
+
+MODELS: dict[str, ModelSpec] = {s.name: s for s in [
+    ModelSpec("dmphn_1_2_4", "dmphn:DMPHN", "deblur", {"levels": 3}, "DMPHN 1-2-4 (the paper's DMPHN)"),
+    ModelSpec("dmphn_1_2_4_8", "dmphn:DMPHN", "deblur", {"levels": 4}, "DMPHN 1-2-4-8 (what the NeurMAP code trains)"),
+    ModelSpec("mprnet", "mprnet:MPRNet", "deblur", {}, "MPRNet, 3-stage deblurring"),
+    ModelSpec("motion", "motion:MotionNet", "motion", {}, "NeurMAP motion net (OffsetNet)"),
+    ModelSpec("discriminator", "discriminator:MultiscaleDiscriminator", "discriminator", {},
+              "2-scale PatchGAN natural-image discriminator"),
+]}
+
+
+def build_network(name: str) -> nn.Module:
+    """The bare network (native value range, no padding wrapper), Xavier-initialised as SPEC says."""
+    if name not in MODELS:
+        import difflib
+        near = difflib.get_close_matches(name, MODELS, n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise NeurmapError(f"unknown network {name!r}{hint}; choose one of: {', '.join(MODELS)}")
+    spec = MODELS[name]
+    module, cls = spec.target.split(":")
+    net = getattr(importlib.import_module(f"{__name__}.{module}"), cls)(**spec.kwargs)
+    xavier_init(net)
+    return net
+
+
+def xavier_init(net: nn.Module) -> nn.Module:
+    """Xavier-normal (gain 1) weights and zero biases on every conv, as the official init_net."""
+    for m in net.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.xavier_normal_(m.weight, gain=1.0)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    return net

@@ -1,0 +1,58 @@
+"""Parameter count, fp32 size and MACs of a network, measured by hooks on a forward on the meta device.
+
+The meta device carries shapes only — no arithmetic — so the count is instant at any resolution and is
+never a hard-coded table.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Cost:
+    name: str
+    params: int
+    mb: float
+    gmacs: float
+    height: int
+    width: int
+
+
+def count_macs(net: nn.Module, x: torch.Tensor) -> int:
+    """Multiply-accumulates of one forward of ``net`` on ``x`` (convolutions, transposed convs, linears)."""
+    total = 0
+
+    def hook(m: nn.Module, inp: tuple, out: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(m, nn.Conv2d):
+            total += out.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+        elif isinstance(m, nn.ConvTranspose2d):
+            total += inp[0].numel() * (m.out_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+        elif isinstance(m, nn.Linear):
+            total += out.numel() * m.in_features
+
+    handles = [m.register_forward_hook(hook) for m in net.modules()
+               if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))]
+    try:
+        with torch.no_grad():
+            net(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return total
+
+
+def network_cost(name: str, height: int, width: int) -> Cost:
+    """Cost of registered network ``name`` on one (3, height, width) image, padded as the net requires."""
+    from .models import build_network
+
+    with torch.device("meta"):
+        net = build_network(name)
+    mult = int(getattr(net, "pad_multiple", 1))
+    h, w = -(-height // mult) * mult, -(-width // mult) * mult
+    params = sum(p.numel() for p in net.parameters())
+    macs = count_macs(net, torch.empty(1, 3, h, w, device="meta"))
+    return Cost(name, params, params * 4 / 1e6, macs / 1e9, height, width)

@@ -1,0 +1,194 @@
+"""One NeurMAP training iteration: the motion-net step, the discriminator step, the deblur-net step.
+
+The three networks take turns, each with its own Adam optimiser, as in the official code (M, then D,
+then G). Every network is run on its whole batch in one call (B, Ŝ and S stacked on the batch axis), and
+networks that a step must not change are frozen for that step, so gradients flow only where SPEC's sg[·]
+allows.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import nn
+
+from . import losses as L
+from .reblur import canonical_motion, reblur
+
+
+@dataclass
+class LossWeights:
+    """λ's of SPEC; defaults = the official semi-supervised synthetic config."""
+
+    G_content: float = 100.0
+    G_reblur: float = 100.0
+    G_f_sharp: float = 0.5
+    G_Itv: float = 0.0
+    G_global: float = 1.0
+    M_reblur: float = 1.0
+    M_tv: float = 0.002
+    M_sharp: float = 0.002
+    M_blur: float = 0.001
+    M_f_sharp: float = 0.001
+    M_never_blurrier: float = 1.0
+
+    @classmethod
+    def real_blur(cls) -> "LossWeights":
+        """SPEC's real-blur config (use with lr_G 1e-5)."""
+        return cls(G_reblur=10.0, G_Itv=1.0, M_tv=0.02)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LossWeights":
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown loss weights {sorted(unknown)}; known: {sorted(names)}")
+        return cls(**d)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+# mean |k/7| over the 15 taps: TV of the 15 tap-offset maps = this × TV of the full motion in pixels
+_MEAN_ABS_TAP = sum(abs(k) / 7 for k in range(-7, 8)) / 15
+
+
+def offsets_tv(m_rel: torch.Tensor) -> torch.Tensor:
+    """TV of the reblur module's tap offsets (in pixels), the smoothness prior on M's motion."""
+    return _MEAN_ABS_TAP * L.total_variation(20.0 * m_rel)
+
+
+@contextlib.contextmanager
+def frozen(*nets: nn.Module):
+    """Parameters of ``nets`` take no gradient inside the block (their weights cannot change)."""
+    saved = [(p, p.requires_grad) for n in nets for p in n.parameters()]
+    for p, _ in saved:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, r in saved:
+            p.requires_grad_(r)
+
+
+class NeurMAPStep:
+    """Holds G, M, D, their optimisers and μ_sharp; :meth:`__call__` runs one iteration.
+
+    ``grad_clip`` clips G's and M's gradient norm as the official code does (0.01); ``None`` disables it.
+    ``autocast`` is a context factory (e.g. ``lambda: torch.autocast("cuda", torch.bfloat16)``).
+    """
+
+    def __init__(self, G: nn.Module, M: nn.Module, D: nn.Module, weights: LossWeights | None = None,
+                 lr_G: float = 5e-5, lr_M: float = 1e-4, lr_D: float = 1e-4, grad_clip: float | None = 0.01,
+                 autocast=contextlib.nullcontext, scaler: torch.amp.GradScaler | None = None) -> None:
+        self.G, self.M, self.D = G, M, D
+        self.w = weights or LossWeights()
+        self.opt_G = torch.optim.Adam(G.parameters(), lr=lr_G, betas=(0.9, 0.999))
+        self.opt_M = torch.optim.Adam(M.parameters(), lr=lr_M, betas=(0.9, 0.999))
+        self.opt_D = torch.optim.Adam(D.parameters(), lr=lr_D, betas=(0.9, 0.999))
+        self.pool = L.SharpMotionPool(50)
+        self.grad_clip, self.autocast, self.scaler = grad_clip, autocast, scaler
+
+    def _motion(self, x: torch.Tensor) -> torch.Tensor:
+        return canonical_motion(self.M(x).float())
+
+    def _update(self, loss: torch.Tensor, opt: torch.optim.Optimizer, net: nn.Module, clip: bool) -> None:
+        opt.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            if clip and self.grad_clip:
+                self.scaler.unscale_(opt)
+                nn.utils.clip_grad_norm_(net.parameters(), self.grad_clip)
+            self.scaler.step(opt)
+        else:
+            loss.backward()
+            if clip and self.grad_clip:
+                nn.utils.clip_grad_norm_(net.parameters(), self.grad_clip)
+            opt.step()
+
+    def __call__(self, paired_blurry: torch.Tensor, paired_sharp: torch.Tensor,
+                 unpaired_blurry: torch.Tensor, unpaired_sharp: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One iteration on a paired half (B_P, S_P) and an unpaired half (B_U, independent sharp S_U)."""
+        n_p = paired_blurry.shape[0]
+        blurry = torch.cat((paired_blurry, unpaired_blurry))
+        sharp = torch.cat((paired_sharp, unpaired_sharp))
+        n = blurry.shape[0]
+        out: dict[str, torch.Tensor] = {}
+
+        with self.autocast():
+            deblurred = self.G(blurry)                          # Ŝ, graph kept for G's step
+        fake = deblurred.detach().float()
+
+        # --- motion-net step (Ŝ detached; D untouched) -------------------------------------------
+        with self.autocast():
+            m_all = self._motion(torch.cat((blurry, fake, sharp)))
+        m_b, m_f, m_s = m_all[:n], m_all[n:2 * n], m_all[2 * n:]
+        m_rel = m_b - m_f
+        out["M_reblur"] = L.reblur_loss(reblur(fake, m_rel), blurry)
+        out["M_tv"] = offsets_tv(m_rel)
+        out["M_sharp"] = L.sharp_zero_motion_loss(m_s)
+        out["M_blur"] = L.blurry_large_motion_loss(m_b)
+        out["M_f_sharp"] = L.residual_blur_loss(m_f, m_b)
+        out["M_never_blurrier"] = L.never_blurrier_loss(m_f, m_b)
+        loss_M = sum(getattr(self.w, k) * out[k] for k in
+                     ("M_reblur", "M_tv", "M_sharp", "M_blur", "M_f_sharp", "M_never_blurrier"))
+        out["M_total"] = loss_M
+        self._check_finite(out, "motion net")
+        self._update(loss_M, self.opt_M, self.M, clip=True)
+        self.pool.update(m_s)
+
+        # --- discriminator step: Ŝ is fake; half sharp, half blurry images are real ---------------
+        real = torch.cat((sharp[0::2], blurry[1::2]))
+        with self.autocast():
+            d_out = self.D(torch.cat((fake, real)))
+        out["D"] = L.discriminator_loss([d[:n].float() for d in d_out], [d[n:].float() for d in d_out])
+        self._check_finite(out, "discriminator")
+        self._update(out["D"], self.opt_D, self.D, clip=False)
+
+        # --- deblur-net step (M and D frozen; m_rel is a constant) --------------------------------
+        with frozen(self.M, self.D):
+            with self.autocast():
+                m_f_g = self._motion(deblurred)
+                with torch.no_grad():
+                    m_b_g = self._motion(blurry)
+                d_fake = self.D(deblurred)
+            s_hat = deblurred.float()
+            m_rel_g = (m_b_g - m_f_g).detach()
+            out["G_content"] = L.content_loss(s_hat[:n_p], paired_sharp)
+            out["G_reblur"] = L.reblur_loss(reblur(s_hat[n_p:], m_rel_g[n_p:]), unpaired_blurry)
+            out["G_f_sharp"] = L.sharpness_prior_loss(m_f_g, self.pool.mean(blurry.device))
+            out["G_Itv"] = L.total_variation(s_hat[n_p:])
+            out["G_global"] = L.generator_adversarial_loss([d.float() for d in d_fake])
+            loss_G = sum(getattr(self.w, k) * out[k] for k in
+                         ("G_content", "G_reblur", "G_f_sharp", "G_Itv", "G_global"))
+            out["G_total"] = loss_G
+            self._check_finite(out, "deblur net")
+            self._update(loss_G, self.opt_G, self.G, clip=True)
+        if self.scaler is not None:
+            self.scaler.update()
+        return {k: v.detach() for k, v in out.items()}
+
+    @staticmethod
+    def _check_finite(values: dict[str, torch.Tensor], who: str) -> None:
+        bad = [k for k, v in values.items() if not torch.isfinite(v).all()]
+        if bad:
+            raise FloatingPointError(f"non-finite loss in the {who} step: {', '.join(bad)} — "
+                                     "the step was not applied; lower the learning rate or check the input data")
+
+    def state_dict(self) -> dict:
+        return {"G": self.G.state_dict(), "M": self.M.state_dict(), "D": self.D.state_dict(),
+                "opt_G": self.opt_G.state_dict(), "opt_M": self.opt_M.state_dict(),
+                "opt_D": self.opt_D.state_dict(), "pool": self.pool.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.G.load_state_dict(s["G"])
+        self.M.load_state_dict(s["M"])
+        self.D.load_state_dict(s["D"])
+        self.opt_G.load_state_dict(s["opt_G"])
+        self.opt_M.load_state_dict(s["opt_M"])
+        self.opt_D.load_state_dict(s["opt_D"])
+        self.pool.load_state_dict(s["pool"])
+        if self.scaler is not None and s.get("scaler"):
+            self.scaler.load_state_dict(s["scaler"])
