@@ -260,7 +260,6 @@ class MPRNet(nn.Module):
         stage3 = self.tail(self.stage3_orsnet(x3_cat, feat2, res2)) + x
         return [stage3, stage2, stage1]
 
-    def forward(self, x: torch.Tensor, return_all: bool = False):
-        """The final restored image (B, out_c, H, W); with ``return_all``, ``[stage3, stage2, stage1]``."""
-        stages = self.forward_stages(x)
-        return stages if return_all else stages[0]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The final (stage 3) restored image, (B, out_c, H, W). Training: see :meth:`forward_stages`."""
+        return self.forward_stages(x)[0]

@@ -1,0 +1,94 @@
+"""The one small interface every inference backend implements.
+
+A backend turns an artifact (ONNX file, TensorRT engine, Core ML package, PyTorch checkpoint) into a
+function ``infer(batch) -> batch`` on float32 NCHW RGB images in [0, 1], and says which input shapes it
+accepts (:class:`InputSpec`). Everything else — colour conversion, padding, tiling, threading — lives
+in the pipeline, so a new engine is one file with one class.
+
+Backends import their engine library lazily (inside :meth:`Backend.load`), so a Jetson without
+coremltools or a Mac without TensorRT still imports the package.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What an engine accepts.
+
+    ``fixed_hw``: the only (H, W) a static-shape engine takes (frames of another size are padded or
+    tiled by the pipeline); ``None`` when H and W are free. ``multiple``: H and W must be multiples of it
+    (pad multiple). ``max_batch``: the largest N one ``infer`` call takes. ``min_hw``/``max_hw``: the
+    range of a dynamic-shape engine (TensorRT optimisation profile), ``None`` when unbounded.
+    """
+
+    fixed_hw: Optional[tuple[int, int]] = None
+    multiple: int = 1
+    max_batch: int = 1
+    min_hw: Optional[tuple[int, int]] = None
+    max_hw: Optional[tuple[int, int]] = None
+    metadata: dict = field(default_factory=dict, compare=False)
+
+    def describe(self) -> str:
+        shape = f"fixed {self.fixed_hw[0]}x{self.fixed_hw[1]}" if self.fixed_hw else "any HxW"
+        rng = ""
+        if self.min_hw or self.max_hw:
+            rng = f" in {self.min_hw or '?'}..{self.max_hw or '?'}"
+        return f"{shape}{rng}, multiple of {self.multiple}, batch <= {self.max_batch}"
+
+
+class Backend(ABC):
+    """load(artifact) once, then infer(batch) per frame (or per batch of tiles)."""
+
+    #: short name shown in the status line and the JSON summary
+    name: str = "backend"
+    #: the pip extra (or install hint) named when the engine library is missing
+    install_hint: str = ""
+
+    def __init__(self, **options) -> None:
+        self.options = options
+        self.spec = InputSpec()
+        self.device = "cpu"
+
+    @abstractmethod
+    def load(self, artifact: Path) -> None:
+        """Open ``artifact``; set :attr:`spec` (and :attr:`device`). Raise NeurmapError on a bad file."""
+
+    @abstractmethod
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """float32 (N, 3, H, W) in [0, 1], H/W allowed by :attr:`spec` -> float32 (N, 3, H, W)."""
+
+    def warmup(self, height: int, width: int) -> None:
+        """Run once at a given input size so the first real frame does not pay for lazy initialisation."""
+        h, w = self.spec.fixed_hw or (_round_up(height, self.spec.multiple), _round_up(width, self.spec.multiple))
+        self.infer(np.zeros((1, 3, h, w), np.float32))
+
+    def close(self) -> None:
+        """Release engine resources (GPU buffers, sessions). Safe to call twice."""
+
+    def describe(self) -> str:
+        return f"{self.name} on {self.device} ({self.spec.describe()})"
+
+
+def _round_up(v: int, m: int) -> int:
+    return -(-v // max(m, 1)) * max(m, 1)
+
+
+def missing_engine(library: str, hint: str) -> Exception:
+    """The one-line message for an engine library that is not installed."""
+    from neurmap.core.errors import NeurmapError
+
+    return NeurmapError(f"this artifact needs {library}, which is not installed; {hint}")
+
+
+def metadata_int(meta: dict, key: str, default: int) -> int:
+    try:
+        return max(1, int(meta.get(key, default)))
+    except (TypeError, ValueError):
+        return default

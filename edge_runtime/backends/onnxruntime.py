@@ -1,0 +1,100 @@
+"""ONNX Runtime backend: TensorRT, CUDA or CPU execution provider, picked by what this onnxruntime offers.
+
+Reads the artifact's own metadata (``neurmap.pad_multiple``, ``neurmap.precision`` ... written by
+``neurmap export``) through ONNX Runtime, and the input shape from the graph: integer H/W = a fixed-shape
+engine (the pipeline tiles or pads to it), symbolic H/W = any size that is a multiple of the pad multiple.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .base import Backend, InputSpec, metadata_int, missing_engine
+
+#: preferred order; the first one this onnxruntime build offers wins (CPU always closes the list)
+PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CoreMLExecutionProvider",
+             "CPUExecutionProvider")
+DEFAULT_MULTIPLE = 16  # when an ONNX file carries no neurmap.pad_multiple: safe for every net we ship
+
+
+def choose_providers(available: list[str], asked: list[str] | None = None) -> list[str]:
+    """Providers to open the session with: ``asked`` (validated) or the preferred available ones."""
+    from neurmap.core.errors import NeurmapError
+
+    if asked:
+        missing = [p for p in asked if p not in available]
+        if missing:
+            raise NeurmapError(f"execution provider(s) {', '.join(missing)} not in this onnxruntime "
+                               f"(available: {', '.join(available)}); install onnxruntime-gpu for CUDA/TensorRT")
+        return list(asked)
+    chosen = [p for p in PREFERRED if p in available and p != "CoreMLExecutionProvider"]
+    return chosen or ["CPUExecutionProvider"]
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+    install_hint = "pip install onnxruntime (or onnxruntime-gpu for CUDA / TensorRT)"
+
+    def load(self, artifact: Path) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise missing_engine("onnxruntime", self.install_hint) from None
+        from neurmap.core.errors import NeurmapError
+
+        providers = choose_providers(ort.get_available_providers(), self.options.get("providers"))
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if self.options.get("threads"):
+            so.intra_op_num_threads = int(self.options["threads"])
+        so.log_severity_level = 3
+        prov_args = []
+        for p in providers:
+            if p == "TensorrtExecutionProvider":
+                cache = Path(artifact).with_suffix(".trtcache")
+                prov_args.append((p, {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
+                                      "trt_fp16_enable": self.options.get("fp16", False)}))
+            else:
+                prov_args.append(p)
+        try:
+            self.session = ort.InferenceSession(str(artifact), sess_options=so, providers=prov_args)
+        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise NeurmapError(f"{artifact}: ONNX Runtime cannot load it ({first}); re-export it with "
+                               "`neurmap export`") from None
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1:
+            raise NeurmapError(f"{artifact}: expected one image input, found {len(inputs)} "
+                               f"({', '.join(i.name for i in inputs)})")
+        self.input = inputs[0]
+        self.output_name = next((o.name for o in outputs if o.name == "sharp"), outputs[0].name)
+        shape = list(self.input.shape)
+        if len(shape) != 4 or (isinstance(shape[1], int) and shape[1] != 3):
+            raise NeurmapError(f"{artifact}: input {self.input.name} has shape {shape}; expected (N, 3, H, W)")
+        self.input_dtype = np.float16 if "float16" in self.input.type else np.float32
+        meta = dict(self.session.get_modelmeta().custom_metadata_map or {})
+        fixed = tuple(shape[2:]) if all(isinstance(v, int) and v > 0 for v in shape[2:]) else None
+        batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else 8
+        self.fixed_batch = isinstance(shape[0], int) and shape[0] > 0
+        multiple = 1 if fixed else metadata_int(meta, "neurmap.pad_multiple", DEFAULT_MULTIPLE)
+        self.spec = InputSpec(fixed_hw=fixed, multiple=multiple, max_batch=batch,
+                              metadata={k.removeprefix("neurmap."): v for k, v in meta.items()})
+        active = self.session.get_providers()
+        self.providers = active
+        self.device = {"TensorrtExecutionProvider": "tensorrt", "CUDAExecutionProvider": "cuda"}.get(active[0], "cpu")
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(batch, dtype=self.input_dtype)
+        n = x.shape[0]
+        if self.fixed_batch and n < self.spec.max_batch:  # fill a static batch with copies of the last item
+            x = np.concatenate([x, np.repeat(x[-1:], self.spec.max_batch - n, axis=0)])
+        y = self.session.run([self.output_name], {self.input.name: x})[0]
+        return np.asarray(y[:n], dtype=np.float32)
+
+    def describe(self) -> str:
+        return f"onnxruntime [{', '.join(p.replace('ExecutionProvider', '') for p in self.providers)}] " \
+               f"({self.spec.describe()})"
+
+    def close(self) -> None:
+        self.session = None
