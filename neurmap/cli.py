@@ -68,6 +68,63 @@ def models(size: str = typer.Option("720x1280", "--size", help="Input size HxW t
     Console().print(t)
 
 
+@app.command("eval")
+def eval_command(
+        weights: str = typer.Option(..., "--weights", help="Checkpoint file, official DMPHN folder or shipped name."),
+        data: str = typer.Option(..., "--data", help="Paired folder (blur/ + sharp/), GoPro root "
+                                 "(<split>/<seq>/{blur,sharp}/), image folder or video (unpaired: NIQE only)."),
+        json_out: Optional[str] = typer.Option(None, "--json", help="Write the full result (means, per image, "
+                                               "settings) to this JSON file."),
+        grid: Optional[str] = typer.Option(None, "--grid", help="Write a PNG grid blurry | deblurred | sharp."),
+        max_images: Optional[int] = typer.Option(None, "--max-images", min=1,
+                                                 help="Evaluate at most N items, evenly spaced."),
+        crop: Optional[str] = typer.Option(None, "--crop", help="Centre-crop every item to HxW first."),
+        motion: Optional[str] = typer.Option(None, "--motion", help="Motion-net checkpoint for the motion-map "
+                                             "error (default: the one in --weights, if any).")) -> None:
+    """Score a deblur net: PSNR, SSIM, LPIPS (paired data) and NIQE of input and output, per image and mean.
+
+    The data kind is detected and printed; full-reference metrics need sharp images. The motion-map error
+    is reported where the data carries ground-truth motion and a motion net is available."""
+    from neurmap.core.evaluate import evaluate, summary_rows, write_json
+
+    res = evaluate(weights, data, max_images=max_images, crop=parse_size(crop) if crop else None,
+                   motion=motion, grid_path=grid)
+    console.print(f"data: {res['data']['description']}; evaluated {res['data']['n_evaluated']}")
+    for note in res["notes"]:
+        console.print(f"[yellow]note:[/yellow] {note}")
+    t = Table(title=f"{res['settings']['architecture']} on {res['data']['n_evaluated']} {res['data']['kind']} items")
+    for col in ("metric", "better", "input", "output", "change"):
+        t.add_column(col, justify="left" if col in ("metric", "better") else "right")
+    for row in summary_rows(res):
+        t.add_row(*row)
+    Console().print(t)
+    if grid:
+        console.print(f"grid: {res['settings']['grid']}")
+    if json_out:
+        console.print(f"json: {write_json(res, json_out)}")
+
+
+from neurmap.edge_runtime.cli import register as _reg_runtime; _reg_runtime(app)
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def train(ctx: typer.Context,
+          config: Optional[str] = typer.Argument(None, help="YAML config (see configs/neurmap_gopro.yaml)."),
+          resume: Optional[str] = typer.Option(None, "--resume", help="Run directory to continue exactly."),
+          progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar.")) -> None:
+    """Train G with NeurMAP: content loss on paired data, the MAP losses on unpaired data.
+
+    Extra arguments are key=value overrides, e.g. `iterations=200 loss_weights.G_reblur=10 device=cpu`.
+    Multi-GPU / multi-node: `torchrun --nproc-per-node N -m neurmap train CONFIG`. Checkpoints land in
+    output_dir every checkpoint_every iterations; `--resume RUN_DIR` continues bit for bit."""
+    from neurmap.core.train import load_config, run_training
+
+    if resume and config is None:
+        from pathlib import Path as _Path
+        config = str(_Path(resume) / "config.json")  # a run remembers its config (JSON is YAML)
+    cfg = load_config(config, list(ctx.args))
+    run_dir = run_training(cfg, resume=resume, progress=progress)
+    console.print(f"run directory: {run_dir}  (weights: {run_dir / 'final.safetensors'})")
+
+
 def main() -> None:
     """Entry point: user-facing errors become one red line and exit code 2, never a traceback."""
     from neurmap.core.errors import NeurmapError

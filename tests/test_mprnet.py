@@ -63,7 +63,7 @@ def test_official_state_dict_loads(net):
 
 
 def test_output_shape(net):
-    x = torch.rand(1, 3, 32, 32)
+    x = torch.rand(1, 3, 16, 24)
     with torch.no_grad():
         y = net(x)
         stages = net.forward_stages(x)

@@ -87,6 +87,23 @@ def missing_engine(library: str, hint: str) -> Exception:
     return NeurmapError(f"this artifact needs {library}, which is not installed; {hint}")
 
 
+def sidecar_metadata(artifact: Path) -> dict:
+    """``<artifact>.json`` (or ``<stem>.json``) written beside engines that cannot hold metadata themselves
+    (TensorRT plans, some Core ML packages), with any ``neurmap.`` prefix removed; {} when absent."""
+    import json
+
+    artifact = Path(artifact)
+    for p in (Path(str(artifact) + ".json"), artifact.with_suffix(".json")):
+        if p.is_file():
+            try:
+                meta = json.loads(p.read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(meta, dict):
+                return {str(k).removeprefix("neurmap."): v for k, v in meta.items()}
+    return {}
+
+
 def metadata_int(meta: dict, key: str, default: int) -> int:
     try:
         return max(1, int(meta.get(key, default)))

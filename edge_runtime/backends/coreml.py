@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import Backend, InputSpec, metadata_int, missing_engine
+from .base import Backend, InputSpec, metadata_int, missing_engine, sidecar_metadata
 
 
 class CoreMLBackend(Backend):
@@ -40,7 +40,8 @@ class CoreMLBackend(Backend):
         inp = desc.input[0]
         self.input_name = inp.name
         self.output_name = next((o.name for o in desc.output if o.name == "sharp"), desc.output[0].name)
-        meta = {k.removeprefix("neurmap."): v for k, v in dict(self.model.user_defined_metadata).items()}
+        meta = sidecar_metadata(Path(artifact))
+        meta.update({k.removeprefix("neurmap."): v for k, v in dict(self.model.user_defined_metadata).items()})
         kind = inp.type.WhichOneof("Type")
         self.image_input = kind == "imageType"
         if self.image_input:

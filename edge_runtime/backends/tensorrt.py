@@ -5,30 +5,17 @@ wheels), otherwise from cuda-python (``pip install neurmap-edge[tensorrt]``). Bu
 shape, so a steady stream allocates once.
 
 TensorRT engines carry no metadata of ours: the pad multiple of a dynamic-shape engine is read from a
-sidecar ``<engine>.json`` (``{"pad_multiple": 8, ...}``) when present, else a safe 16 is used.
+sidecar ``<engine>.json`` (as ``neurmap export`` writes it) (``{"pad_multiple": 8, ...}``) when present, else a safe 16 is used.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from .base import Backend, InputSpec, metadata_int, missing_engine
+from .base import Backend, InputSpec, metadata_int, missing_engine, sidecar_metadata
 
 DEFAULT_MULTIPLE = 16
-
-
-def _sidecar(artifact: Path) -> dict:
-    for p in (artifact.with_suffix(".json"), Path(str(artifact) + ".json")):
-        if p.is_file():
-            try:
-                meta = json.loads(p.read_text())
-            except (OSError, ValueError):
-                continue
-            if isinstance(meta, dict):
-                return {k.removeprefix("neurmap."): v for k, v in meta.items()}
-    return {}
 
 
 class _TorchCuda:
@@ -158,7 +145,7 @@ class TensorRTBackend(Backend):
         self.in_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self.input_name)))
         self.out_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self.output_name)))
         shape = tuple(self.engine.get_tensor_shape(self.input_name))
-        meta = _sidecar(Path(artifact))
+        meta = sidecar_metadata(Path(artifact))
         if all(v > 0 for v in shape):
             fixed, max_batch, min_hw, max_hw = shape[2:], shape[0], None, None
             self.fixed_batch = True

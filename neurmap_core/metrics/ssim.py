@@ -18,9 +18,9 @@ before the power. For natural image pairs all terms are far above ``eps`` and th
 standard one; below the floor a term contributes ``eps**w`` and no gradient (like a relu), and
 above it the derivative is at most ``w * eps**(w-1)``, finite. The local statistics are computed on
 the images minus their means (less cancellation in E[x^2]-E[x]^2), and the variance denominator is
-floored at C2/100 against rounding, so nothing divides by zero, whatever the input. Images too small
-for 5 scales use fewer (the first M that fit the 11-pixel window, weights renormalised to sum to 1); images under 11
-pixels use one scale with the window shrunk to the image.
+floored at C2/100 against rounding, so nothing divides by zero, whatever the input.
+Images too small for 5 scales use fewer (the first M that fit the 11-pixel window, weights renormalised
+to sum to 1); images under 11 pixels use one scale with the window shrunk to the image.
 """
 from __future__ import annotations
 

@@ -1,0 +1,424 @@
+"""NeurMAP training loop: config, data, devices (CPU / CUDA+AMP / torchrun DDP), checkpoints, exact resume.
+
+Every random draw is a function of (seed, iteration, rank), and checkpoints hold all state that changes
+(three nets, three optimisers and schedulers, μ_sharp pool, grad scaler, RNG states, iteration), so a run
+that stops and resumes takes bit-for-bit the same path as one that never stopped.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import ConcatDataset, Dataset
+
+from . import data as D
+from .checkpoint import atomic_write, load_weights, save_weights
+from .errors import CheckpointError, NeurmapError
+from .models import build_network
+from .models.wrapper import DeblurModel, MotionModel
+from .step import LossWeights, NeurMAPStep
+
+CKPT_GLOB = "ckpt_*.pt"
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; defaults are SPEC's (official semi-supervised synthetic config)."""
+
+    backbone: str = "dmphn_1_2_4_8"
+    init_weights: str | None = None          # checkpoint, official DMPHN folder or shipped name
+    init_motion: str | None = None           # a checkpoint carrying a motion net
+    output_dir: str = "runs/neurmap"
+    iterations: int = 1000
+    batch_paired: int = 2
+    batch_unpaired: int = 2
+    crop: int = 256
+    lr_G: float = 5e-5
+    lr_M: float = 1e-4
+    lr_D: float = 1e-4
+    grad_clip: float | None = 0.01
+    loss_weights: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)  # paired / unpaired_blurry / unpaired_sharp source specs
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    image_every: int = 200
+    seed: int = 0
+    device: str = "auto"                     # auto | cpu | cuda
+    precision: str = "auto"                  # auto | fp32 | bf16 | fp16
+    channels_last: bool = False
+    tensorboard: bool = True
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise NeurmapError(f"unknown config keys {unknown}; known keys: {', '.join(sorted(names))}")
+        cfg = cls(**d)
+        LossWeights.from_dict(cfg.loss_weights)  # validate early
+        return cfg
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
+    """A YAML config plus ``key=value`` overrides (dotted keys reach into dicts, values parsed as YAML)."""
+    import yaml
+
+    raw: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise NeurmapError(f"config {p} not found; start from configs/neurmap_gopro.yaml")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise NeurmapError(f"config {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+    for item in overrides:
+        if "=" not in item:
+            raise NeurmapError(f"override {item!r} is not key=value (e.g. iterations=200 or loss_weights.G_reblur=10)")
+        key, value = item.split("=", 1)
+        node = raw
+        *parents, leaf = key.split(".")
+        for k in parents:
+            node = node.setdefault(k, {})
+        node[leaf] = yaml.safe_load(value)
+    return TrainConfig.from_dict(raw)
+
+
+# --- data --------------------------------------------------------------------------------------------
+
+def build_source(spec: Any, crop: int, role: str) -> Dataset:
+    """One data source from its config spec; a list of specs is concatenated.
+
+    Spec forms: a path (a ``blur``/``sharp`` tree → paired, else an image folder or video), or a dict with
+    ``type``: ``paired`` | ``gopro240`` (GoPro-protocol synthesis from 240 fps frames) | ``folder``
+    (images or a video) | ``kernel`` (kernel-synthesized blur of sharp frames), plus ``path`` and options
+    (``frame_range``, ``n_frames``, ``max_px``).
+    """
+    if isinstance(spec, list):
+        return ConcatDataset([build_source(s, crop, role) for s in spec])
+    if isinstance(spec, (str, Path)):
+        p = Path(spec)
+        kind = "paired" if role == "paired" else "folder"
+        spec = {"type": kind, "path": str(p)}
+    spec = dict(spec)
+    kind, path = spec.pop("type", "folder"), spec.pop("path", None)
+    if path is None or not Path(path).exists():
+        raise NeurmapError(f"data source {path!r} for {role} does not exist; fix data.{role} in the config")
+    size = (crop, crop)
+    if kind == "paired":
+        return D.PairedFolder(path, crop_size=size, flip=True, **spec)
+    if kind == "gopro240":
+        if "frame_range" in spec:
+            spec["frame_range"] = tuple(spec["frame_range"])
+        if "n_frames" in spec and isinstance(spec["n_frames"], list):
+            spec["n_frames"] = tuple(spec["n_frames"])
+        return D.SynthesizedGoPro(path, crop_size=size, flip=True, **spec)
+    if kind == "folder":
+        rng = spec.pop("frame_range", None)
+        ds = D.UnpairedFolder(path, crop_size=size, flip=True, **spec)
+        return torch.utils.data.Subset(ds, range(*rng)) if rng else ds
+    if kind == "kernel":
+        rng = spec.pop("frame_range", None)
+        source = D.frame_source(path)
+        if rng:
+            source = [source[i] for i in range(*rng)]
+        return D.KernelBlurred(source, crop_size=size, flip=True, **spec)
+    raise NeurmapError(f"unknown data type {kind!r} for {role}; use paired, gopro240, folder or kernel")
+
+
+def _image(sample: dict, role: str) -> torch.Tensor:
+    keys = {"blurry": ("blurry", "image"), "sharp": ("sharp", "image")}[role]
+    for k in keys:
+        if k in sample:
+            return sample[k]
+    raise NeurmapError(f"a {role} source yielded keys {sorted(sample)}; expected one of {keys}")
+
+
+def _seed_epoch(ds: Dataset, value: int) -> None:
+    """Make the random crop/flip/blur of each item a function of the iteration (exact resume)."""
+    if hasattr(ds, "set_epoch"):
+        if getattr(ds, "seed", None) is None:
+            ds.seed = 0
+        ds.set_epoch(value)
+    for child in getattr(ds, "datasets", []) + ([ds.dataset] if hasattr(ds, "dataset") else []):
+        _seed_epoch(child, value)
+
+
+class BatchSampler:
+    """Batches as a pure function of (seed, iteration, rank): restarting at iteration t resumes the stream."""
+
+    def __init__(self, cfg: TrainConfig, rank: int = 0, world: int = 1) -> None:
+        d = cfg.data
+        for key in ("paired", "unpaired_blurry", "unpaired_sharp"):
+            if key not in d:
+                raise NeurmapError(f"config data.{key} is missing; a NeurMAP run needs paired, unpaired_blurry "
+                                   "and unpaired_sharp sources")
+        self.paired = build_source(d["paired"], cfg.crop, "paired")
+        self.blurry = build_source(d["unpaired_blurry"], cfg.crop, "unpaired_blurry")
+        self.sharp = build_source(d["unpaired_sharp"], cfg.crop, "unpaired_sharp")
+        for name, ds in (("paired", self.paired), ("unpaired_blurry", self.blurry), ("unpaired_sharp", self.sharp)):
+            if len(ds) == 0:
+                raise NeurmapError(f"data.{name} holds no images")
+        self.cfg, self.rank, self.world = cfg, rank, world
+
+    def _draw(self, ds: Dataset, n: int, g: torch.Generator, it: int) -> list[dict]:
+        idx = torch.randint(0, len(ds), (n * self.world,), generator=g)[self.rank * n:(self.rank + 1) * n]
+        _seed_epoch(ds, self.cfg.seed * 1_000_003 + it)
+        return [ds[int(i)] for i in idx]
+
+    def batch(self, it: int) -> tuple[torch.Tensor, ...]:
+        g = torch.Generator().manual_seed(self.cfg.seed * 7_919 + it)
+        p = self._draw(self.paired, self.cfg.batch_paired, g, it)
+        u = self._draw(self.blurry, self.cfg.batch_unpaired, g, it)
+        s = self._draw(self.sharp, self.cfg.batch_unpaired, g, it)
+        return (torch.stack([x["blurry"] for x in p]), torch.stack([x["sharp"] for x in p]),
+                torch.stack([_image(x, "blurry") for x in u]), torch.stack([_image(x, "sharp") for x in s]))
+
+
+# --- devices -----------------------------------------------------------------------------------------
+
+@dataclass
+class Runtime:
+    device: torch.device
+    rank: int
+    world: int
+    autocast: Callable
+    scaler: torch.amp.GradScaler | None
+    precision: str
+
+
+def setup_runtime(cfg: TrainConfig) -> Runtime:
+    """Pick device and precision; join a torchrun process group when WORLD_SIZE > 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    if use_cuda and not torch.cuda.is_available():
+        raise NeurmapError("device=cuda was asked for but no CUDA GPU is visible; use device=cpu or auto")
+    device = torch.device(f"cuda:{local}" if use_cuda else "cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    precision = cfg.precision
+    if precision == "auto":
+        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if use_cuda else "fp32"
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise NeurmapError(f"precision {precision!r} unknown; use auto, fp32, bf16 or fp16")
+    if precision == "fp16" and not use_cuda:
+        raise NeurmapError("fp16 training needs a CUDA GPU; on CPU use precision=bf16 (if the CPU has it) or fp32")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
+    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+    return Runtime(device, rank, world, autocast, scaler, precision)
+
+
+# --- checkpoints -------------------------------------------------------------------------------------
+
+def _unwrap(net: nn.Module) -> nn.Module:
+    return net.module if isinstance(net, nn.parallel.DistributedDataParallel) else net
+
+
+def save_checkpoint(run_dir: Path, it: int, step: NeurMAPStep, scheds: list, cfg: TrainConfig, keep: int) -> Path:
+    """All training state at iteration ``it``, written atomically; older ones beyond ``keep`` removed."""
+    state = {"iteration": it, "config": cfg.as_dict(),
+             "G": _unwrap(step.G).state_dict(), "M": _unwrap(step.M).state_dict(), "D": _unwrap(step.D).state_dict(),
+             "opt_G": step.opt_G.state_dict(), "opt_M": step.opt_M.state_dict(), "opt_D": step.opt_D.state_dict(),
+             "sched": [s.state_dict() for s in scheds], "pool": step.pool.state_dict(),
+             "scaler": step.scaler.state_dict() if step.scaler is not None else None,
+             "rng_cpu": torch.get_rng_state(),
+             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    path = atomic_write(run_dir / f"ckpt_{it:07d}.pt", lambda tmp: torch.save(state, tmp))
+    for old in sorted(run_dir.glob(CKPT_GLOB))[:-keep]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def latest_checkpoint(run_dir: Path, log: Callable[[str], None] = print) -> tuple[Path, dict] | None:
+    """Newest checkpoint that loads; a corrupt or truncated one is reported and the previous one used."""
+    for path in sorted(run_dir.glob(CKPT_GLOB), reverse=True):
+        try:
+            return path, torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # truncated zip, bad pickle opcodes, ...
+            log(f"checkpoint {path.name} is unreadable ({str(e).splitlines()[0][:80]}); trying the previous one")
+    return None
+
+
+# --- the loop ----------------------------------------------------------------------------------------
+
+def build_nets(cfg: TrainConfig) -> tuple[DeblurModel, MotionModel, nn.Module]:
+    """G from init_weights (or fresh), M from init_motion (or fresh), D fresh — all on CPU."""
+    if cfg.init_weights:
+        G, meta = load_weights(cfg.init_weights)
+        if meta["architecture"] != cfg.backbone:
+            raise NeurmapError(f"init_weights hold a {meta['architecture']} but backbone is {cfg.backbone}; "
+                               "set backbone to match")
+        G.train()
+    else:
+        G = DeblurModel(build_network(cfg.backbone), "0,1", cfg.backbone)
+    if cfg.init_motion:
+        from .checkpoint import load_motion
+        M = load_motion(cfg.init_motion).train()
+    else:
+        M = MotionModel(build_network("motion"))
+    return G, M, build_network("discriminator")
+
+
+class Trainer:
+    """Runs a NeurMAP training from a config; ``resume`` continues a run directory exactly."""
+
+    def __init__(self, cfg: TrainConfig, resume: str | Path | None = None, log: Callable[[str], None] = print) -> None:
+        self.cfg, self.log = cfg, log
+        self.rt = setup_runtime(cfg)
+        self.run_dir = Path(resume) if resume else Path(cfg.output_dir)
+        torch.manual_seed(cfg.seed)
+        G, M, Dn = build_nets(cfg)
+        nets = [n.to(self.rt.device) for n in (G, M, Dn)]
+        if cfg.channels_last:
+            nets = [n.to(memory_format=torch.channels_last) for n in nets]
+        if self.rt.world > 1:
+            ids = [self.rt.device.index] if self.rt.device.type == "cuda" else None
+            nets = [nn.parallel.DistributedDataParallel(n, device_ids=ids) for n in nets]
+        self.step = NeurMAPStep(*nets, weights=LossWeights.from_dict(cfg.loss_weights), lr_G=cfg.lr_G,
+                                lr_M=cfg.lr_M, lr_D=cfg.lr_D, grad_clip=cfg.grad_clip,
+                                autocast=self.rt.autocast, scaler=self.rt.scaler)
+        total = max(cfg.iterations, 1)
+        decay = lambda it: max(0.0, 1.0 - it / total)  # linear to 0 at the end, each net on its own lr
+        self.scheds = [torch.optim.lr_scheduler.LambdaLR(o, decay)
+                       for o in (self.step.opt_G, self.step.opt_M, self.step.opt_D)]
+        self.sampler = BatchSampler(cfg, self.rt.rank, self.rt.world)
+        self.start = 0
+        if resume:
+            found = latest_checkpoint(self.run_dir, log)
+            if found is None:
+                raise CheckpointError(f"no readable checkpoint in {self.run_dir}; start without --resume")
+            path, state = found
+            self._restore(state)
+            log(f"resumed {path} at iteration {self.start}")
+
+    def _restore(self, s: dict) -> None:
+        _unwrap(self.step.G).load_state_dict(s["G"])
+        _unwrap(self.step.M).load_state_dict(s["M"])
+        _unwrap(self.step.D).load_state_dict(s["D"])
+        for name in ("opt_G", "opt_M", "opt_D"):
+            getattr(self.step, name).load_state_dict(s[name])
+        for sch, st in zip(self.scheds, s["sched"]):
+            sch.load_state_dict(st)
+        self.step.pool.load_state_dict(s["pool"])
+        if self.step.scaler is not None and s.get("scaler"):
+            self.step.scaler.load_state_dict(s["scaler"])
+        torch.set_rng_state(s["rng_cpu"])
+        if s.get("rng_cuda") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(s["rng_cuda"])
+        self.start = int(s["iteration"])
+
+    @property
+    def is_main(self) -> bool:
+        return self.rt.rank == 0
+
+    def iterations(self) -> Iterator[tuple[int, dict[str, float]]]:
+        """Run to ``cfg.iterations``, yielding (iteration, losses, batch); checkpoints as configured."""
+        cfg = self.cfg
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.json").write_text(json.dumps(cfg.as_dict(), indent=2))
+        dev = self.rt.device
+        for it in range(self.start, cfg.iterations):
+            batch = [b.to(dev, non_blocking=True) for b in self.sampler.batch(it)]
+            if cfg.channels_last:
+                batch = [b.contiguous(memory_format=torch.channels_last) for b in batch]
+            losses = self.step(*batch)
+            for s in self.scheds:
+                s.step()
+            done = it + 1
+            if self.is_main and (done % cfg.checkpoint_every == 0 or done == cfg.iterations):
+                save_checkpoint(self.run_dir, done, self.step, self.scheds, cfg, cfg.keep_checkpoints)
+            yield done, {k: float(v) for k, v in losses.items()}, batch
+        if self.is_main:
+            G = _unwrap(self.step.G)
+            save_weights(self.run_dir / "final.safetensors", G, _unwrap(self.step.M),
+                         provenance={"trained_by": "neurmap train", "iterations": cfg.iterations,
+                                     "config": cfg.as_dict()})
+
+    def visuals(self, batch: list[torch.Tensor]) -> torch.Tensor:
+        """One image row per unpaired sample: blurry | deblurred | reblurred | motion (flow colour wheel)."""
+        from .reblur import canonical_motion, reblur
+        G, M = _unwrap(self.step.G), _unwrap(self.step.M)
+        with torch.no_grad():
+            b = batch[2][:2].float()
+            s = G(b).clamp(0, 1)
+            m_rel = canonical_motion(M(b)) - canonical_motion(M(s))
+            rb = reblur(s, m_rel).clamp(0, 1)
+        rows = [torch.cat((b[i], s[i], rb[i], flow_to_color(m_rel[i])), dim=-1) for i in range(b.shape[0])]
+        return torch.cat(rows, dim=-2)
+
+
+def flow_to_color(m: torch.Tensor, max_norm: float | None = None) -> torch.Tensor:
+    """(2,H,W) motion → (3,H,W) RGB: hue = direction, saturation = magnitude (the usual flow wheel)."""
+    import cv2
+    import numpy as np
+
+    dy, dx = m[0].float().cpu().numpy(), m[1].float().cpu().numpy()
+    mag, ang = cv2.cartToPolar(dx, dy)
+    top = max_norm or float(mag.max()) or 1.0
+    hsv = np.stack([ang * 90 / np.pi, np.clip(mag / top, 0, 1) * 255, np.full_like(mag, 255)], -1).astype(np.uint8)
+    rgb = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+    return torch.from_numpy(rgb).permute(2, 0, 1).float().div(255).to(m.device)
+
+
+def run_training(cfg: TrainConfig, resume: str | None = None, progress: bool = True) -> Path:
+    """The ``neurmap train`` body: loop, progress bar, TensorBoard, stop cleanly on non-finite losses."""
+    trainer = Trainer(cfg, resume)
+    writer = None
+    if trainer.is_main and cfg.tensorboard:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            writer = SummaryWriter(str(trainer.run_dir / "tb"))
+        except ImportError:
+            print("tensorboard is not installed (pip install 'neurmap-edge[tensorboard]'); logging to log.jsonl only")
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    cols = [TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+            TextColumn("{task.fields[speed]}"), TimeRemainingColumn(), TextColumn("{task.fields[losses]}")]
+    show = progress and trainer.is_main
+    log_path = trainer.run_dir / "log.jsonl"
+    t0, n0 = time.perf_counter(), trainer.start
+    with Progress(*cols, disable=not show, transient=False) as bar:
+        task = bar.add_task("train", total=cfg.iterations, completed=trainer.start, speed="", losses="")
+        try:
+            for it, losses, batch in trainer.iterations():
+                rate = (it - n0) / max(time.perf_counter() - t0, 1e-9)
+                key = {k: losses[k] for k in ("G_total", "M_total", "D") if k in losses}
+                bar.update(task, completed=it, speed=f"{rate:.2f} it/s",
+                           losses=" ".join(f"{k}={v:.3g}" for k, v in key.items()))
+                if trainer.is_main and (it % cfg.log_every == 0 or it == cfg.iterations):
+                    with open(log_path, "a") as f:
+                        f.write(json.dumps({"iteration": it, **losses}) + "\n")
+                    if writer is not None:
+                        for k, v in losses.items():
+                            writer.add_scalar(f"loss/{k}", v, it)
+                        writer.add_scalar("lr/G", trainer.scheds[0].get_last_lr()[0], it)
+                if writer is not None and it % cfg.image_every == 0:
+                    writer.add_image("blurry|deblurred|reblurred|motion", trainer.visuals(batch), it)
+        except FloatingPointError as e:
+            raise FloatingPointError(f"{e}. Training stopped; the last good state is the newest checkpoint in "
+                                     f"{trainer.run_dir} (resume with --resume {trainer.run_dir})") from None
+        finally:
+            if writer is not None:
+                writer.close()
+    return trainer.run_dir

@@ -1,0 +1,136 @@
+"""Training: exact resume, atomic/corrupt checkpoints, DDP on CPU (gloo), config errors, NaN stop."""
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from neurmap.core.errors import NeurmapError
+from neurmap.core.train import TrainConfig, Trainer, latest_checkpoint, load_config
+
+from conftest import SHARED_DATA, shared_path
+
+GOPRO = SHARED_DATA / "gopro240" / "GOPR0477_11_00"
+CAR = SHARED_DATA / "real_video" / "car"
+
+
+def tiny_config(out, **kw) -> TrainConfig:
+    shared_path("gopro240", "GOPR0477_11_00")
+    d = dict(backbone="dmphn_1_2_4", output_dir=str(out), iterations=4, crop=32, batch_paired=1,
+             batch_unpaired=1, checkpoint_every=2, tensorboard=False, device="cpu", precision="fp32",
+             data={"paired": {"type": "gopro240", "path": str(GOPRO), "frame_range": [0, 30], "n_frames": 7},
+                   "unpaired_blurry": [{"type": "kernel", "path": str(GOPRO), "frame_range": [100, 104]},
+                                       {"type": "folder", "path": str(CAR), "frame_range": [0, 4]}],
+                   "unpaired_sharp": {"type": "folder", "path": str(GOPRO), "frame_range": [0, 30]}})
+    d.update(kw)
+    return TrainConfig.from_dict(d)
+
+
+def run(trainer: Trainer) -> list[dict]:
+    return [losses for _, losses, _ in trainer.iterations()]
+
+
+def weights(trainer: Trainer) -> dict:
+    s = trainer.step
+    return {f"{n}.{k}": v.clone() for n, net in (("G", s.G), ("M", s.M), ("D", s.D))
+            for k, v in net.state_dict().items()}
+
+
+def test_resume_is_bit_exact(tmp_path):
+    torch.manual_seed(0)
+    full = Trainer(tiny_config(tmp_path / "full"))
+    full_losses = run(full)
+    half = Trainer(tiny_config(tmp_path / "half", iterations=4))
+    gen = half.iterations()
+    first = [next(gen)[1] for _ in range(2)]  # stop after 2 iterations (checkpoint at 2)
+    gen.close()
+    resumed = Trainer(tiny_config(tmp_path / "other"), resume=tmp_path / "half")
+    assert resumed.start == 2
+    second = run(resumed)
+    assert first + second == full_losses
+    a, b = weights(full), weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "full" / "final.safetensors").exists()
+
+
+def test_corrupt_newest_checkpoint_falls_back_to_previous(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path / "r"))
+    run(trainer)
+    ckpts = sorted((tmp_path / "r").glob("ckpt_*.pt"))
+    assert [c.name for c in ckpts] == ["ckpt_0000002.pt", "ckpt_0000004.pt"]
+    data = ckpts[-1].read_bytes()
+    ckpts[-1].write_bytes(data[: len(data) // 3])  # truncated, as after a crash mid-copy
+    messages = []
+    path, state = latest_checkpoint(tmp_path / "r", messages.append)
+    assert path.name == "ckpt_0000002.pt" and state["iteration"] == 2
+    assert "unreadable" in messages[0]
+    assert not list((tmp_path / "r").glob("*.tmp"))
+
+
+def test_config_errors_are_one_line(tmp_path):
+    with pytest.raises(NeurmapError, match="unknown config keys"):
+        TrainConfig.from_dict({"iteratons": 3})
+    with pytest.raises(ValueError, match="unknown loss weights"):
+        TrainConfig.from_dict({"loss_weights": {"G_rebluur": 1}})
+    with pytest.raises(NeurmapError, match="not key=value"):
+        load_config(None, ["iterations"])
+    cfg = load_config(None, ["iterations=7", "loss_weights.G_reblur=10"])
+    assert cfg.iterations == 7 and cfg.loss_weights == {"G_reblur": 10}
+    with pytest.raises(NeurmapError, match="does not exist"):
+        Trainer(tiny_config(tmp_path, data={"paired": "/nonexistent", "unpaired_blurry": "/x", "unpaired_sharp": "/y"}))
+    with pytest.raises(NeurmapError, match="fp16 training needs a CUDA GPU"):
+        Trainer(tiny_config(tmp_path, precision="fp16"))
+
+
+def test_non_finite_loss_stops_training_and_keeps_checkpoints(tmp_path):
+    from neurmap.core.train import run_training
+    cfg = tiny_config(tmp_path / "nan", loss_weights={"G_global": float("nan")}, checkpoint_every=1)
+    with pytest.raises(FloatingPointError, match="deblur net step.*last good state"):
+        run_training(cfg, progress=False)
+    assert not list((tmp_path / "nan").glob("ckpt_*.pt")), "a half-updated state must not be checkpointed"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, out: str, resume: str | None, iterations: int, q) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+    trainer = Trainer(tiny_config(out, iterations=iterations), resume=resume)
+    for _ in trainer.iterations():
+        pass
+    from neurmap.core.checkpoint import weights_hash
+    s = trainer.step
+    q.put((rank, weights_hash({**{f"G.{k}": v for k, v in s.G.module.state_dict().items()},
+                               **{f"M.{k}": v for k, v in s.M.module.state_dict().items()},
+                               **{f"D.{k}": v for k, v in s.D.module.state_dict().items()}}), trainer.start))
+    dist.destroy_process_group()
+
+
+def _spawn(world, out, resume, iterations):
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    mp.start_processes(_ddp_worker, args=(world, _free_port(), out, resume, iterations, q), nprocs=world,
+                       join=True, start_method="spawn")
+    return sorted(q.get() for _ in range(world))
+
+
+@pytest.mark.timeout(600) if hasattr(pytest.mark, "timeout") else (lambda f: f)
+def test_ddp_two_ranks_on_cpu_stay_identical_and_resume_under_another_world_size(tmp_path):
+    out = str(tmp_path / "ddp")
+    results = _spawn(2, out, None, 2)
+    assert results[0][1] == results[1][1], "ranks diverged"
+    assert (tmp_path / "ddp" / "ckpt_0000002.pt").exists()
+    # continue the 2-rank run with 3 ranks
+    results3 = _spawn(3, out, out, 4)
+    assert {r[2] for r in results3} == {2}
+    assert len({r[1] for r in results3}) == 1
+    assert (tmp_path / "ddp" / "ckpt_0000004.pt").exists()
