@@ -12,7 +12,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-console = Console(stderr=True, highlight=False)
+console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _parse_tile(text: Optional[str]) -> Optional[tuple[int, int]]:

@@ -94,9 +94,10 @@ class Metrics:
             e2e = list(self.e2e)[-200:]
             inf = list(self.stage["inference"])[-200:]
         lat = f"{np.percentile(e2e, 50) * 1000:.0f}/{np.percentile(e2e, 99) * 1000:.0f} ms" if e2e else "-"
-        model = f"{1.0 / np.mean(inf):.2f}" if inf else "-"
-        return (f"frames {self.written} | {self.live_fps():.2f} fps (model {model}) | latency p50/p99 {lat} | "
-                f"dropped {self.dropped} | rejected {self.rejected}")
+        model = f"{1.0 / np.mean(inf):.1f}" if inf else "-"
+        rej = f" | rejected {self.rejected}" if self.rejected else ""
+        return (f"{self.written} frames | {self.live_fps():.1f} fps (engine {model}) | p50/p99 {lat} | "
+                f"dropped {self.dropped}{rej}")
 
     def summary(self) -> dict:
         with self.lock:

@@ -143,7 +143,8 @@ def pad_to(x: np.ndarray, H: int, W: int) -> np.ndarray:
 
 # ---- queues ------------------------------------------------------------------------------------------------
 class LatestQueue:
-    """Holds at most ``maxsize`` items; putting into a full one drops the oldest (never END)."""
+    """Holds at most ``maxsize`` frames; putting a frame into a full one drops the oldest. END never drops a
+    frame (the newest frame of a finished source still gets processed) and is never dropped."""
 
     def __init__(self, maxsize: int, on_drop: Callable[[Any], None]) -> None:
         self.items: deque = deque()
@@ -152,7 +153,7 @@ class LatestQueue:
 
     def put(self, item: Any) -> None:
         with self.cond:
-            while len(self.items) >= self.maxsize and self.items[0] is not END:
+            while item is not END and len(self.items) >= self.maxsize and self.items[0] is not END:
                 self.on_drop(self.items.popleft())
             self.items.append(item)
             self.cond.notify()

@@ -52,6 +52,22 @@ def _quiet(_msg: str) -> None:
     pass
 
 
+class _OpenCVQuiet:
+    """Silence OpenCV's own WARN lines while a capture opens (we report a failed open in one line)."""
+
+    def __enter__(self):
+        log = getattr(cv2.utils, "logging", None)
+        self.level = log.getLogLevel() if log else None
+        if log:
+            log.setLogLevel(min(self.level, log.LOG_LEVEL_ERROR))
+        return self
+
+    def __exit__(self, *exc):
+        if self.level is not None:
+            cv2.utils.logging.setLogLevel(self.level)
+        return False
+
+
 def has_gstreamer() -> bool:
     """True when this OpenCV was built with GStreamer (JetPack's is; pip's opencv-python is not)."""
     for line in cv2.getBuildInformation().splitlines():
@@ -136,7 +152,8 @@ class VideoFileSource(Source):
     def open(self) -> "VideoFileSource":
         if not self.path.is_file():
             raise InputError(f"video {self.path} does not exist; {USAGE}")
-        cap = cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG)
+        with _OpenCVQuiet():
+            cap = cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG)
         if not cap.isOpened():
             cap.release()
             raise InputError(f"cannot open video {self.path}: it is corrupt, truncated before its index (an .mp4 "
@@ -333,7 +350,8 @@ class CaptureSource(Source):
 
 def _capture(target, api: int):
     def opener():
-        cap = cv2.VideoCapture(target, api)
+        with _OpenCVQuiet():
+            cap = cv2.VideoCapture(target, api)
         if cap.isOpened():
             # newest frame first: a live source must not hand us seconds-old buffers
             cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)

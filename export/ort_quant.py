@@ -66,10 +66,9 @@ def prepare(fp32_path: str | Path, out_path: str | Path) -> Path:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     logging.getLogger().setLevel(logging.ERROR)
-    try:
-        quant_pre_process(str(fp32_path), str(out_path), auto_merge=True, skip_symbolic_shape=False)
-    except Exception:
-        quant_pre_process(str(fp32_path), str(out_path), skip_symbolic_shape=True)
+    # ONNX shape inference only: ORT's symbolic shape inference with auto_merge merges H/2 with H on the patch
+    # hierarchy of DMPHN and writes wrong value_info, which then breaks buffer reuse at run time
+    quant_pre_process(str(fp32_path), str(out_path), skip_symbolic_shape=True)
     return Path(out_path)
 
 

@@ -132,8 +132,8 @@ def main() -> None:
     try:
         app()
     except NeurmapError as e:
-        console.print(f"[red]error:[/red] {e}")
+        console.print(f"[red]error:[/red] {e}", soft_wrap=True)
         sys.exit(2)
     except FloatingPointError as e:
-        console.print(f"[red]error:[/red] {e}")
+        console.print(f"[red]error:[/red] {e}", soft_wrap=True)
         sys.exit(3)

@@ -346,8 +346,10 @@ def _tile(img: torch.Tensor, width: int) -> torch.Tensor:
 def _label(arr: np.ndarray, text: str, org: tuple[int, int], scale: float = 0.45) -> None:
     import cv2
 
-    for color, thick in (((0, 0, 0), 3), ((255, 255, 255), 1)):
-        cv2.putText(arr, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, color, thick, cv2.LINE_AA)
+    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    x, y = org
+    cv2.rectangle(arr, (x - 2, y - th - 3), (x + tw + 2, y + base), (0, 0, 0), thickness=-1)
+    cv2.putText(arr, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
 
 
 def write_grid(path: PathLike, rows: Sequence[dict], tile_width: int = GRID_TILE_WIDTH, gap: int = 4) -> Path:

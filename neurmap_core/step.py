@@ -169,6 +169,18 @@ class NeurMAPStep:
             self.scaler.update()
         return {k: v.detach() for k, v in out.items()}
 
+    def content_only(self, paired_blurry: torch.Tensor, paired_sharp: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The paired-only baseline: G's content loss alone (M and D untouched)."""
+        with self.autocast():
+            s_hat = self.G(paired_blurry).float()
+        out = {"G_content": L.content_loss(s_hat, paired_sharp)}
+        out["G_total"] = self.w.G_content * out["G_content"]
+        self._check_finite(out, "deblur net")
+        self._update(out["G_total"], self.opt_G, self.G, clip=True)
+        if self.scaler is not None:
+            self.scaler.update()
+        return {k: v.detach() for k, v in out.items()}
+
     @staticmethod
     def _check_finite(values: dict[str, torch.Tensor], who: str) -> None:
         bad = [k for k, v in values.items() if not torch.isfinite(v).all()]

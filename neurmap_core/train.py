@@ -59,6 +59,7 @@ class TrainConfig:
     precision: str = "auto"                  # auto | fp32 | bf16 | fp16
     channels_last: bool = False
     tensorboard: bool = True
+    paired_only: bool = False                # baseline: content loss on the paired data only
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -342,7 +343,7 @@ class Trainer:
             batch = [b.to(dev, non_blocking=True) for b in self.sampler.batch(it)]
             if cfg.channels_last:
                 batch = [b.contiguous(memory_format=torch.channels_last) for b in batch]
-            losses = self.step(*batch)
+            losses = self.step.content_only(*batch[:2]) if cfg.paired_only else self.step(*batch)
             for s in self.scheds:
                 s.step()
             done = it + 1

@@ -148,6 +148,19 @@ def test_video_reader_random_access_iteration_and_unpaired(tmp_path):
     assert 0.0 <= float(item["image"].min()) and float(item["image"].max()) <= 1.0
 
 
+def test_video_dataset_in_dataloader_workers_after_parent_reads(tmp_path):
+    """A capture opened in the parent must not be reused by forked workers (FFmpeg would hang)."""
+    from torch.utils.data import DataLoader
+
+    path = tmp_path / "w.mp4"
+    levels = write_video(path, n=6)
+    ds = UnpairedFolder(path)
+    assert abs(float(ds[2]["image"].mean()) * 255 - levels[2]) < 6          # parent now holds a capture
+    dl = DataLoader(ds, batch_size=3, num_workers=1, timeout=60)
+    means = torch.cat([b["image"].mean(dim=(1, 2, 3)) for b in dl]) * 255
+    assert means.shape == (6,) and all(abs(float(m) - lv) < 6 for m, lv in zip(means, levels))
+
+
 def test_corrupt_video_is_input_error(tmp_path):
     bad = tmp_path / "broken.mp4"
     bad.write_bytes(np.random.default_rng(0).bytes(4096))

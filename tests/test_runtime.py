@@ -548,7 +548,7 @@ def test_truncated_and_garbage_inputs(tmp_path, onnx_dyn):
         r = subprocess.run([sys.executable, "-m", "neurmap", "run", str(tmp_path / bad), "-e", str(onnx_dyn)],
                            capture_output=True, text=True, env=ENV, timeout=60)
         assert r.returncode == 2 and "cannot open video" in r.stderr and "Traceback" not in r.stderr, r.stderr
-        assert len(r.stderr.strip().splitlines()) <= 3
+        assert "WARN" not in r.stderr and r.stderr.lstrip().startswith("error:")
 
 
 def test_cli_errors_are_one_line(tmp_path, clip, onnx_dyn):
@@ -604,4 +604,4 @@ def test_metrics_percentiles_and_status_line():
     m.start()
     m.record("inference", 0.1)
     m.wrote(m.t_start)
-    assert "frames 1" in m.status_line() and m.model_fps() == pytest.approx(10.0)
+    assert "1 frames" in m.status_line() and m.model_fps() == pytest.approx(10.0)

@@ -7,6 +7,7 @@ from a path, so callers index ``len(src)`` / ``src[i]`` without caring which it 
 """
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -19,6 +20,10 @@ from ..errors import InputError
 from .io import IMAGE_EXTENSIONS, PathLike, array_to_tensor, is_image_file, list_images, read_image
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".3gp")
+
+# Captures inherited through fork() (DataLoader workers) hold FFmpeg state whose threads did not survive the
+# fork; using or even releasing them can hang, so a child parks them here and opens its own.
+_ORPHANED_CAPTURES: list = []
 
 # Reading forward (grab without decoding to RGB) beats a seek for short jumps, and is always exact.
 _MAX_FORWARD_GRAB = 24
@@ -122,6 +127,7 @@ class VideoReader(FrameSequence):
             raise InputError(f"{self.path} is not a file; pass a video file or a folder of frames")
         self._lock = threading.Lock()
         self._cap: Optional[cv2.VideoCapture] = None
+        self._pid = os.getpid()
         self._pos = 0                                     # index of the frame the next read() returns
         cap = self._capture()
         fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
@@ -134,9 +140,19 @@ class VideoReader(FrameSequence):
         self.height, self.width = int(first.shape[0]), int(first.shape[1])
         count = int(round(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0))
         self._count = count if count > 0 else self._count_by_grabbing()
+        self.close()                                      # hold no capture until frames are read
 
     # -- capture management (lazy, per process) --------------------------------------------------
+    def _after_fork(self) -> None:
+        if self._pid != os.getpid():
+            if self._cap is not None:
+                _ORPHANED_CAPTURES.append(self._cap)
+            self._cap, self._pos = None, 0
+            self._lock = threading.Lock()
+            self._pid = os.getpid()
+
     def _capture(self) -> cv2.VideoCapture:
+        self._after_fork()
         if self._cap is None:
             cap = cv2.VideoCapture(str(self.path))
             if not cap.isOpened():
@@ -157,6 +173,7 @@ class VideoReader(FrameSequence):
 
     def close(self) -> None:
         """Release the capture; it is reopened on the next read."""
+        self._after_fork()
         if self._cap is not None:
             self._cap.release()
         self._cap = None
@@ -178,6 +195,7 @@ class VideoReader(FrameSequence):
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()
+        self._pid = os.getpid()
 
     def __enter__(self) -> "VideoReader":
         return self
@@ -194,6 +212,7 @@ class VideoReader(FrameSequence):
         return self.height, self.width
 
     def _read(self, index: int) -> torch.Tensor:
+        self._after_fork()
         with self._lock:
             cap = self._capture()
             if index != self._pos:

@@ -24,6 +24,7 @@ MODELS: dict[str, ModelSpec] = {s.name: s for s in [
     ModelSpec("dmphn_1_2_4", "dmphn:DMPHN", "deblur", {"levels": 3}, "DMPHN 1-2-4 (the paper's DMPHN)"),
     ModelSpec("dmphn_1_2_4_8", "dmphn:DMPHN", "deblur", {"levels": 4}, "DMPHN 1-2-4-8 (what the NeurMAP code trains)"),
     ModelSpec("mprnet", "mprnet:MPRNet", "deblur", {}, "MPRNet, 3-stage deblurring"),
+    ModelSpec("compact", "compact:CompactDeblur", "deblur", {}, "CompactDeblur: our real-time U-Net (~27 GMAC at 720p)"),
     ModelSpec("motion", "motion:MotionNet", "motion", {}, "NeurMAP motion net (OffsetNet)"),
     ModelSpec("discriminator", "discriminator:MultiscaleDiscriminator", "discriminator", {},
               "2-scale PatchGAN natural-image discriminator"),
