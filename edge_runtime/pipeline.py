@@ -102,6 +102,7 @@ def to_bgr(x: np.ndarray, bit16: bool = False) -> np.ndarray:
     tmp = np.empty(x.shape[1:], np.float32)
     for c in range(3):
         np.clip(x[2 - c], 0.0, 1.0, out=tmp)
+        np.nan_to_num(tmp, copy=False, nan=0.0)    # an engine that returns NaN gives black, not garbage
         tmp *= peak
         tmp += 0.5
         hwc[:, :, c] = tmp          # truncation after +0.5 = rounding

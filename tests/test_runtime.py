@@ -605,3 +605,31 @@ def test_metrics_percentiles_and_status_line():
     m.record("inference", 0.1)
     m.wrote(m.t_start)
     assert "1 frames" in m.status_line() and m.model_fps() == pytest.approx(10.0)
+
+
+def test_video_sink_falls_back_to_pyav(tmp_path, monkeypatch):
+    pytest.importorskip("av")
+    import neurmap.edge_runtime.sinks as sinks
+
+    class NoWriter:
+        def __init__(self, *a, **k):
+            pass
+
+        def isOpened(self):
+            return False
+
+        def release(self):
+            pass
+
+    monkeypatch.setattr(sinks.cv2, "VideoWriter", NoWriter)
+    sink = VideoSink(tmp_path / "o.mp4", 15)
+    for i in range(5):
+        sink.write(frame(i), str(i))
+    sink.close()
+    monkeypatch.undo()
+    assert video_info(tmp_path / "o.mp4") == (5, 15.0, 96, 64)
+
+
+def test_nan_from_engine_becomes_black_not_garbage():
+    out = to_bgr(np.full((3, 4, 4), np.nan, np.float32))
+    assert out.dtype == np.uint8 and (out == 0).all()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence as SequenceABC
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional
 
 import numpy as np
 import torch
