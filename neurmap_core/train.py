@@ -137,7 +137,7 @@ def build_source(spec: Any, crop: int, role: str) -> Dataset:
         rng = spec.pop("frame_range", None)
         source = D.frame_source(path)
         if rng:
-            source = [source[i] for i in range(*rng)]
+            source = torch.utils.data.Subset(source, range(*rng))  # lazy: frames read when drawn
         return D.KernelBlurred(source, crop_size=size, flip=True, **spec)
     raise NeurmapError(f"unknown data type {kind!r} for {role}; use paired, gopro240, folder or kernel")
 
