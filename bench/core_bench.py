@@ -58,6 +58,14 @@ def main() -> None:
                 t_cl = time_it(lambda: cl(xc), repeat=3, budget_s=budget)
             row = {"net": name, "size": f"{h}x{w}", "fwd_no_grad_s": t_eager, "fwd_inference_mode_s": t_inf,
                    "fwd_channels_last_s": t_cl, "channels_last_speedup": t_inf / t_cl}
+            if name != "discriminator":
+                # fusion: TorchScript freeze folds and fuses conv+add/relu through oneDNN
+                with torch.no_grad():
+                    # sizes here are multiples of every net's pad_multiple, so the bare net sees xc as is
+                    frozen = torch.jit.freeze(torch.jit.trace(cl.net, (xc,), check_trace=False))
+                    t_fz = time_it(lambda: frozen(xc), repeat=3, warmup=2, budget_s=budget)
+                row["fwd_channels_last_frozen_s"] = t_fz
+                row["freeze_speedup_over_channels_last"] = t_cl / t_fz
             if h <= 256 and name != "mprnet":
                 model.train()
                 xg = torch.rand(1, 3, h, w)

@@ -3,7 +3,7 @@
 Start: the official DMPHN 1-2-4 weights (../shared/data/pretrained/dmphn_1_2_4). Paired data: GoPro-protocol
 pairs from gopro240 frames 0-79. Unpaired blurry: a blur the paired set never shows — kernel-synthesized
 blur of frames 80-99 and the real `car` frames 0-39. Held out for evaluation: kernel blur of frames 100-119
-(PSNR, SSIM, LPIPS) and car frames 40-59 (NIQE). Writes bench/results/neurmap_proof.json.
+(whole frames at 640x360: PSNR, SSIM, LPIPS) and car frames 40-59 (NIQE). Writes bench/results/neurmap_proof.json.
 
     python bench/neurmap_proof.py [--iterations 60] [--crop 128] [--precision bf16]
 """
@@ -40,7 +40,8 @@ def config(out: Path, paired_only: bool, args) -> TrainConfig:
 
 def held_out():
     frames = frame_source(GOPRO)
-    kernel = KernelBlurred([frames[i] for i in range(100, 120, 2)], crop_size=(256, 256), seed=1234)
+    # whole frames at 640x360 (random crops of this clip are mostly flat water), blurred after resizing
+    kernel = KernelBlurred([frames[i] for i in range(100, 120, 2)], resize=(360, 640), seed=1234)
     car = Subset(UnpairedFolder(CAR), range(40, 60, 2))
     return kernel, car
 

@@ -64,6 +64,10 @@ def run(
     reconnect_timeout: float = typer.Option(30.0, "--reconnect-timeout", help="Give up on a dropped live source "
                                             "after this many seconds without frames."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No live status line (messages still print)."),
+    adapt: bool = typer.Option(False, "--adapt", help="Adapt the deblur net to this camera while streaming (guarded, "
+                               "hot-swapped between frames; see `neurmap adapt --help`)."),
+    adapt_opts: Optional[str] = typer.Option(None, "--adapt-opts", help="key=value,... for --adapt: motion=M, "
+                                             "weights=W, out=W2, steps=N, params=lora, every=F, duty=D, rounds=R, onnx=P."),
 ) -> None:
     """Deblur a video, image folder, camera or stream with an exported engine, in real time or offline.
 
@@ -108,6 +112,10 @@ def run(
     except KeyboardInterrupt:
         console.print("interrupted before the stream started; nothing written")
         raise typer.Exit(130) from None
+    adapter = None
+    if adapt:
+        from .adapt_cli import attach_from_cli
+        adapter = attach_from_cli(pipe, engine, adapt_opts, on_event=event)
 
     signals: list[int] = []
 
@@ -120,7 +128,12 @@ def run(
             "skipping frames still in the engine, finalising the output" if force else
             "finishing frames in flight and finalising the output (again to skip those still in the engine)"))
 
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = {}
+    for s in (signal.SIGINT, signal.SIGTERM):
+        try:
+            old[s] = signal.signal(s, on_signal)
+        except ValueError:  # not the main thread (run embedded in another program): its signals stay its own
+            pass
     console.print(f"running {pipe.source.describe()} -> {pipe.sink.describe()} on {pipe.backend.describe()}, "
                   f"{'realtime' if pipe.cfg.realtime else 'offline'}"
                   + (f", paced at {pipe.cfg.rate:g} fps" if pipe.cfg.rate else ""))
@@ -149,6 +162,8 @@ def run(
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+    if adapter is not None:
+        summary["adaptation"] = adapter.close()
     summary["exit"] = "error" if error else ("signal" if signals else "completed")
     if json_path:
         _write_json(json_path, summary)

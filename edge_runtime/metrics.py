@@ -3,6 +3,8 @@
 Stages record their own processing time per frame; the sink records capture-to-sink latency (the time
 from the frame leaving the camera/decoder to its write finishing, queues included). Percentiles cover
 the last :data:`WINDOW` frames so a day-long stream keeps flat memory; counts and FPS cover the run.
+``cpu_s`` is the process CPU time of the run (all threads, engine pools included): on a shared CPU it says
+what the run cost independently of what else was running.
 """
 from __future__ import annotations
 
@@ -41,9 +43,11 @@ class Metrics:
         self.t_last_write: Optional[float] = None
         self.recent: deque = deque(maxlen=64)  # write times, for the live FPS
         self.t_end: Optional[float] = None
+        self.cpu_start = self.cpu_end = 0.0
 
     def start(self) -> None:
         self.t_start = time.perf_counter()
+        self.cpu_start = time.process_time()
 
     def record(self, stage: str, seconds: float) -> None:
         with self.lock:
@@ -65,6 +69,7 @@ class Metrics:
 
     def finish(self) -> None:
         self.t_end = time.perf_counter()
+        self.cpu_end = time.process_time()
 
     # ---- views -------------------------------------------------------------------------------------------
     def fps(self) -> float:
@@ -105,7 +110,9 @@ class Metrics:
             e2e = percentiles(self.e2e)
         wall = ((self.t_end or time.perf_counter()) - self.t_start) if self.t_start else 0.0
         fps, model = self.fps(), self.model_fps()
+        cpu = (self.cpu_end or time.process_time()) - self.cpu_start if self.t_start else 0.0
         return {"frames_captured": self.captured, "frames_written": self.written, "frames_dropped": self.dropped,
                 "frames_rejected": self.rejected, "wall_s": round(wall, 3), "fps": round(fps, 3),
                 "model_fps": round(model, 3), "fps_vs_model": round(fps / model, 4) if model else None,
+                "cpu_s": round(cpu, 3), "cpu_ms_per_frame": round(cpu / self.written * 1000, 3) if self.written else None,
                 "latency_capture_to_sink": e2e, "stages": stages}

@@ -356,6 +356,9 @@ class Pipeline:
         finally:
             try:
                 self.sink.close()
+            except Exception as e:  # noqa: BLE001 - e.g. disk full while the container is finalised
+                if self.error is None:
+                    self.error, self.error_stage = e, "closing the output"
             finally:
                 self.source.close()
                 self.metrics.finish()

@@ -174,12 +174,12 @@ class VideoFileSource(Source):
             ok, frame = self.cap.read()
             if ok and frame is not None and frame.size:
                 self.stats.frames += 1
+                self.stats.skipped += skips   # damaged frames passed over to get here
                 return frame, f"{self.stats.frames - 1:06d}"
             known = self.frame_count
             pos = int(self.cap.get(cv2.CAP_PROP_POS_FRAMES))
             if known and pos < known and skips < self.MAX_SKIPS:
                 skips += 1          # a damaged packet inside the file: try the next one
-                self.stats.skipped += 1
                 continue
             if self.loop and self.stats.frames:
                 self.cap.set(cv2.CAP_PROP_POS_FRAMES, 0)

@@ -6,6 +6,7 @@ engine (the pipeline tiles or pads to it), symbolic H/W = any size that is a mul
 """
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +53,12 @@ class OnnxRuntimeBackend(Backend):
         prov_args = []
         for p in providers:
             if p == "TensorrtExecutionProvider":
-                cache = Path(artifact).with_suffix(".trtcache")
+                cache = Path(artifact).with_suffix(".trtcache")   # engines built once per GPU, reused
+                try:
+                    cache.mkdir(exist_ok=True)
+                except OSError:
+                    cache = Path(tempfile.gettempdir()) / f"neurmap-trtcache-{Path(artifact).stem}"
+                    cache.mkdir(exist_ok=True)
                 prov_args.append((p, {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
                                       "trt_fp16_enable": self.options.get("fp16", False)}))
             else:

@@ -1,0 +1,377 @@
+"""On-device adaptation (edge_runtime.adaptation / hotswap / adapt_cli): mechanics on tiny crops.
+
+Randomly initialised nets stand in for trained ones (the mechanics do not depend on the weights); the
+guard is forced open or shut with ``min_gain`` where a test needs a known outcome. Quality numbers live in
+``bench/adapt_bench.py``. GPU (TensorRT refit) checks are marked and skipped elsewhere.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from neurmap.core import build_model, load_weights, save_weights
+from neurmap.core.checkpoint import read_metadata, shipped_models
+from neurmap.core.errors import NeurmapError
+from neurmap.edge_runtime.adaptation import (AdaptConfig, Adapter, FrameBuffer, LoRAConvs, clone_model,
+                                             resolve_motion, save_adapted)
+from neurmap.edge_runtime.hotswap import (OnlineAdapter, OrtSwap, TorchSwap, model_from_onnx,
+                                          patch_onnx_initializers)
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+ACCEPT = -1e9          # min_gain that accepts any finite result (mechanics tests)
+REFUSE = 0.999         # min_gain no round can meet (forces the rollback path)
+
+
+def frames(n=6, h=40, w=56, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    base = torch.rand(3, h // 4, w // 4, generator=g)
+    out = []
+    for i in range(n):    # smooth random images, a little different per frame (a "stream")
+        f = torch.nn.functional.interpolate((base + 0.1 * i).remainder(1)[None], size=(h, w), mode="bilinear")[0]
+        out.append((f.clamp(0, 1) * 255).to(torch.uint8))
+    return out
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors run fastest on one thread (and a shared 2-core box does not oversubscribe)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_cfg(**kw):
+    base = dict(steps=2, crop=16, batch=2, eval_crops=2, eval_crop=16, lr=1e-3, min_gain=ACCEPT)
+    base.update(kw)
+    return AdaptConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def nets():
+    torch.manual_seed(0)
+    G = build_model("dmphn_1_2_4")
+    M = build_model("motion")
+    with torch.no_grad():   # non-zero biases: a trained net's look (and no exporter de-duplication)
+        for n, p in G.net.named_parameters():
+            if n.endswith(".bias"):
+                p.normal_(0, 0.01)
+    return G.eval(), M.eval()
+
+
+def snapshot(model):
+    return {k: v.detach().clone() for k, v in model.net.state_dict().items()}
+
+
+def run_round(G, M, cfg, n=6):
+    fr = frames(n)
+    buf = FrameBuffer(capacity=n, holdout_every=3).extend(fr)
+    adapter = Adapter(G, M, cfg)
+    return adapter, adapter.run_round(*buf.snapshot())
+
+
+# ---- parameter sets, LoRA, guard ------------------------------------------------------------------------------
+@pytest.mark.parametrize("params", ["lora", "bias", "last"])
+def test_only_the_chosen_parameter_set_changes(nets, params):
+    G0, M = nets
+    G = clone_model(G0)
+    before = snapshot(G)
+    adapter, res = run_round(G, M, tiny_cfg(params=params))
+    assert res.accepted, res.reason
+    after = G.net.state_dict()
+    assert set(after) == set(before)                      # same tensors, same names: the exported graph is unchanged
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    allowed = adapter.trainable_names()
+    assert changed and changed <= allowed, (changed - allowed)
+    if params == "bias":
+        assert all(k.endswith(".bias") for k in changed)
+    if params == "lora":
+        assert all(k.endswith(".weight") for k in changed)
+        assert res.trainable < 0.1 * sum(v.numel() for v in before.values())
+    if params == "last":
+        assert all(k.startswith("decoder_lv1.") for k in changed)   # the tail that runs last
+    assert all(not p.requires_grad for p in G.parameters())
+    assert "forward" not in next(m for m in G.net.modules() if isinstance(m, torch.nn.Conv2d)).__dict__
+
+
+def test_merged_lora_gives_identical_outputs_to_the_adapter_form(nets):
+    G = clone_model(nets[0])
+    lora = LoRAConvs(G.net, rank=4, alpha=4.0, seed=1)
+    assert any(isinstance(m, torch.nn.ConvTranspose2d) for m, _ in lora.adapters.values())
+    with torch.no_grad():
+        for _, l in lora.adapters.values():
+            l.B.normal_(0, 0.05)
+    x = torch.rand(2, 3, 24, 32)
+    with torch.no_grad():
+        y_adapter = G(x)
+        lora.merge()
+        y_merged = G(x)
+    assert torch.equal(y_adapter, y_merged)
+    assert not torch.equal(y_merged, clone_model(nets[0])(x))   # the adapters did change the net
+
+
+def test_rollback_on_a_worse_score_is_bit_identical(nets):
+    G0, M = nets
+    for cfg in (tiny_cfg(params="all", lr=10.0, min_gain=0.0),      # destructive lr
+                tiny_cfg(params="lora+bias", min_gain=REFUSE)):     # guard shut
+        G = clone_model(G0)
+        before = snapshot(G)
+        _, res = run_round(G, M, cfg)
+        assert not res.accepted, res.reason
+        after = G.net.state_dict()
+        assert all(torch.equal(before[k], after[k]) for k in before)
+        assert all(not p.requires_grad for p in G.parameters())
+
+
+def test_accepted_weights_saved_atomically_with_provenance(nets, tmp_path, monkeypatch):
+    G0, M = nets
+    orig = save_weights(tmp_path / "orig.safetensors", G0, motion=M, provenance={"source": "test"})
+    digest = hashlib.sha256(orig.read_bytes()).hexdigest()
+    G, _ = load_weights(orig)
+    adapter, res = run_round(G, M, tiny_cfg())
+    assert res.accepted
+    import neurmap.core.checkpoint as ck
+    calls = []
+    real = ck.atomic_write
+    monkeypatch.setattr(ck, "atomic_write", lambda p, w: calls.append(p) or real(p, w))
+    prov = {"source": "clip.mp4", "steps": res.steps, "score_before": res.before.as_dict(),
+            "score_after": res.after.as_dict()}
+    out = save_adapted(tmp_path / "adapted.safetensors", adapter.G, M, prov, original=orig)
+    assert calls == [out]
+    assert hashlib.sha256(orig.read_bytes()).hexdigest() == digest            # original untouched
+    meta = read_metadata(out)
+    assert meta["provenance"]["source"] == "clip.mp4" and meta["provenance"]["steps"] == 2
+    assert meta["provenance"]["score_after"]["total"] < meta["provenance"]["score_before"]["total"] * 1e9
+    G2, _ = load_weights(out)
+    assert all(torch.equal(a, b) for a, b in zip(G2.net.state_dict().values(), adapter.G.net.state_dict().values()))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapted.safetensors", "orig.safetensors"]  # no temp left
+    with pytest.raises(NeurmapError, match="never overwrite"):
+        save_adapted(orig, adapter.G, M, prov, original=orig)
+
+
+def test_motion_net_resolution(nets, tmp_path):
+    G0, M = nets
+    with_m = save_weights(tmp_path / "with_m.safetensors", G0, motion=M)
+    without = save_weights(tmp_path / "without.safetensors", G0)
+    m, src = resolve_motion(with_m)
+    assert "carried" in src
+    m, src = resolve_motion(without, with_m)
+    assert src == str(with_m)
+    if "default" not in shipped_models():
+        with pytest.raises(NeurmapError, match="--motion"):
+            resolve_motion(without)
+
+
+# ---- hot swap ----------------------------------------------------------------------------------------------
+def perturbed_state(model, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    return {k: v + 0.02 * torch.randn(v.shape, generator=g) if k.endswith("weight") else v.clone()
+            for k, v in model.net.state_dict().items()}
+
+
+def test_torch_hot_swap_between_frames(nets, tmp_path):
+    from neurmap.edge_runtime.backends import load_backend
+
+    G0, _ = nets
+    w = save_weights(tmp_path / "g.safetensors", G0)
+    backend = load_backend(w)
+    swap = TorchSwap(backend)
+    x = np.random.default_rng(0).random((1, 3, 24, 32), dtype=np.float32)
+    y_old = backend.infer(x)
+    new = perturbed_state(G0)
+    ref = clone_model(G0)
+    ref.net.load_state_dict(new)
+    with torch.no_grad():
+        y_new_ref = ref(torch.from_numpy(x)).numpy()
+    # frames keep flowing in a thread while the update is submitted: each output is wholly old or wholly new
+    outs, stop = [], threading.Event()
+
+    def stream():
+        while not stop.is_set():
+            outs.append(backend.infer(x))
+    t = threading.Thread(target=stream)
+    t.start()
+    while len(outs) < 2:
+        pass
+    swap.submit(new)
+    while swap.swaps == 0 or len(outs) < 2 + 3:
+        pass
+    stop.set()
+    t.join()
+    kinds = ["old" if np.array_equal(o, y_old) else "new" if np.allclose(o, y_new_ref, atol=1e-6) else "mixed"
+             for o in outs]
+    assert "mixed" not in kinds and kinds[0] == "old" and kinds[-1] == "new"
+    assert kinds == sorted(kinds, key=lambda k: k == "new")         # old ... old new ... new
+    swap.detach()
+    assert "infer" not in backend.__dict__
+
+
+@pytest.fixture(scope="module")
+def exported(nets, tmp_path_factory):
+    from neurmap.export.onnx_export import export_onnx
+    G0, _ = nets
+    return export_onnx(G0, tmp_path_factory.mktemp("onnx") / "g.onnx", 16, 16, dynamic=True)
+
+
+def test_ort_hot_swap_between_frames(nets, exported):
+    from neurmap.edge_runtime.backends import load_backend
+
+    G0, _ = nets
+    backend = load_backend(exported)
+    swap = OrtSwap(backend, exported, reference=G0.net.state_dict())
+    x = np.random.default_rng(1).random((1, 3, 24, 32), dtype=np.float32)
+    y_old = backend.infer(x)
+    with torch.no_grad():
+        np.testing.assert_allclose(y_old, G0(torch.from_numpy(x)).numpy(), atol=1e-3, rtol=1e-3)
+    new = perturbed_state(G0)
+    ref = clone_model(G0)
+    ref.net.load_state_dict(new)
+    old_session = backend.session
+    swap.submit(new)                          # new session built here, off the "stream"
+    assert backend.session is old_session     # ... and used only from the next frame on
+    y_new = backend.infer(x)
+    assert swap.swaps == 1 and backend.session is not old_session and swap.reexports == 0
+    with torch.no_grad():
+        np.testing.assert_allclose(y_new, ref(torch.from_numpy(x)).numpy(), atol=1e-3, rtol=1e-3)
+    assert np.abs(y_new - y_old).max() > 1e-3
+
+
+def test_onnx_patch_refuses_an_unmapped_changed_tensor_and_maps_back(nets, exported):
+    import onnx
+
+    G0, _ = nets
+    proto = onnx.load(str(exported))
+    state = {k: v.clone() for k, v in G0.net.state_dict().items()}
+    patch_onnx_initializers(proto, state, reference=G0.net.state_dict())        # nothing changed: fine
+    state["no.such.tensor"] = torch.ones(1)
+    with pytest.raises(KeyError):
+        patch_onnx_initializers(proto, state, reference=G0.net.state_dict())
+    back = model_from_onnx(exported)                                              # ONNX -> trainable PyTorch
+    x = torch.rand(1, 3, 16, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), G0(x))
+
+
+def test_online_adapter_swaps_an_accepted_round_into_the_stream(nets, tmp_path):
+    from neurmap.edge_runtime.backends import load_backend
+
+    G0, M = nets
+    w = save_weights(tmp_path / "g.safetensors", G0, motion=M)
+    backend = load_backend(w)
+    swap = TorchSwap(backend)
+    online = OnlineAdapter(swap, backend.model, M, tiny_cfg(), out=tmp_path / "online.safetensors", every=1,
+                           min_new=6, capacity=6, max_rounds=1, provenance={"base_weights": str(w)})
+    for f in frames(6):
+        backend.infer(f.float().numpy()[None] / 255)
+    online.thread.join(60)
+    x = frames(1, seed=5)[0].float().numpy()[None] / 255
+    y = backend.infer(x)                                  # the swap lands on this frame
+    summary = online.close()
+    assert summary["rounds"] == 1 and summary["accepted"] == 1 and summary["swaps"] == 1, summary
+    with torch.no_grad():
+        np.testing.assert_allclose(y, online.adapter.G(torch.from_numpy(x)).numpy(), atol=1e-6)
+    assert read_metadata(tmp_path / "online.safetensors")["provenance"]["adapted_online"] is True
+
+
+@pytest.mark.gpu
+def test_tensorrt_refit_between_frames(nets, exported, tmp_path):
+    trt = pytest.importorskip("tensorrt")
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from neurmap.edge_runtime.backends import load_backend
+    from neurmap.edge_runtime.hotswap import TensorRTSwap
+
+    G0, _ = nets
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    assert parser.parse(exported.read_bytes())
+    config = builder.create_builder_config()
+    config.set_flag(trt.BuilderFlag.REFIT)
+    profile = builder.create_optimization_profile()
+    profile.set_shape("blurry", (1, 3, 16, 16), (1, 3, 32, 32), (1, 3, 64, 64))
+    config.add_optimization_profile(profile)
+    (tmp_path / "g.engine").write_bytes(bytes(builder.build_serialized_network(network, config)))
+    (tmp_path / "g.engine.json").write_text(json.dumps({"pad_multiple": "8"}))
+    backend = load_backend(tmp_path / "g.engine")
+    swap = TensorRTSwap(backend, exported, reference=G0.net.state_dict())
+    x = np.random.default_rng(2).random((1, 3, 32, 32), dtype=np.float32)
+    y_old = backend.infer(x)
+    new = perturbed_state(G0)
+    ref = clone_model(G0)
+    ref.net.load_state_dict(new)
+    swap.submit(new)
+    y_new = backend.infer(x)
+    with torch.no_grad():
+        np.testing.assert_allclose(y_new, ref(torch.from_numpy(x)).numpy(), atol=1e-3)
+    assert np.abs(y_new - y_old).max() > 1e-3
+
+
+# ---- CLI ---------------------------------------------------------------------------------------------------
+def cli(*args):
+    from neurmap.cli import app
+    return CliRunner().invoke(app, list(map(str, args)))
+
+
+def test_cli_adapt_on_a_tiny_folder(nets, tmp_path):
+    import cv2
+
+    G0, M = nets
+    car = SHARED / "real_video" / "car"
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    if car.is_dir():      # real blurry camera frames, shrunk
+        for i, p in enumerate(sorted(car.glob("*.jpg"))[:6]):
+            cv2.imwrite(str(folder / f"{i:03d}.png"), cv2.resize(cv2.imread(str(p)), (64, 36), interpolation=cv2.INTER_AREA))
+    else:
+        for i, f in enumerate(frames(6)):
+            cv2.imwrite(str(folder / f"{i:03d}.png"), f.permute(1, 2, 0).numpy()[:, :, ::-1])
+    w = save_weights(tmp_path / "w.safetensors", G0, motion=M)
+    digest = hashlib.sha256(w.read_bytes()).hexdigest()
+    out = tmp_path / "w2.safetensors"
+    common = ["--steps", 2, "--crop", 16, "--batch", 1, "--eval-crop", 16, "--eval-crops", 2]
+    r = cli("adapt", folder, "--weights", w, "--out", out, "--min-gain", ACCEPT, *common)
+    assert r.exit_code == 0, r.output
+    assert '"accepted": true' in r.output and out.exists()
+    prov = read_metadata(out)["provenance"]
+    assert prov["source"] == str(folder) and prov["steps"] == 2 and "score_after" in prov
+    assert hashlib.sha256(w.read_bytes()).hexdigest() == digest
+    # a shut guard: rolled back, nothing written
+    out2 = tmp_path / "w3.safetensors"
+    r = cli("adapt", folder, "--weights", w, "--out", out2, "--min-gain", REFUSE, *common)
+    assert r.exit_code == 0 and '"accepted": false' in r.output and not out2.exists()
+    # never over the original
+    r = cli("adapt", folder, "--weights", w, "--out", w, *common)
+    assert r.exit_code != 0 and "never overwrite" in str(r.exception or r.output)
+
+
+def test_cli_run_with_adapt_reports_the_adapter(nets, tmp_path):
+    import cv2
+
+    G0, M = nets
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    for i, f in enumerate(frames(6)):
+        cv2.imwrite(str(folder / f"{i:03d}.png"), f.permute(1, 2, 0).numpy()[:, :, ::-1])
+    w = save_weights(tmp_path / "w.safetensors", G0, motion=M)
+    out = tmp_path / "online.safetensors"
+    opts = (f"steps=2,crop=16,batch=1,eval_crop=16,eval_crops=2,min_gain={ACCEPT},every=1,min_new=4,rounds=1,"
+            f"out={out}")
+    r = cli("run", folder, "--engine", w, "--loop", "--max-frames", 30, "--input-rate", 10, "--quiet",
+            "--adapt", "--adapt-opts", opts)
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.output[r.output.index("{"):])
+    a = summary["adaptation"]
+    assert a["error"] is None and a["frames_buffered"] >= 4
+    # an accepted round is saved, then swapped in at the next frame (pending if the stream ended first)
+    assert a["accepted"] == 0 or (out.exists() and a["swaps"] + a["swap"]["pending"] == 1)
+    r = cli("run", folder, "--engine", w, "--adapt", "--adapt-opts", "bogus=1")
+    assert r.exit_code != 0 and "bogus" in str(r.exception)

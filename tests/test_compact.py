@@ -1,0 +1,105 @@
+"""CompactDeblur (issue 7): compute budget, any-size I/O, export-friendly ops, the shipped default model."""
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+from neurmap.core import build_model, load_motion, load_weights
+from neurmap.core.checkpoint import read_metadata, shipped_models
+from neurmap.core.models import build_network
+from neurmap.core.models.compact import CompactDeblur
+from neurmap.core.profile import network_cost
+
+from .conftest import shared_path
+
+#: what the compact backbone may contain after ONNX export (static shape, opset 17): convolutions, ReLU,
+#: add/mul/concat, the depth<->space reshuffles (pixel_unshuffle exports as Reshape/Transpose/Reshape) and
+#: the exporter's own constant plumbing (Identity = a deduplicated initializer)
+ALLOWED_OPS = {"Conv", "Relu", "Add", "Mul", "Concat", "DepthToSpace", "SpaceToDepth", "Reshape", "Transpose",
+               "Constant", "Identity"}
+
+
+def test_gmac_budget_at_720p():
+    c = network_cost("compact", 720, 1280)
+    dmphn = network_cost("dmphn_1_2_4", 720, 1280)
+    assert c.gmacs <= 40.0
+    assert c.gmacs <= dmphn.gmacs / 15
+    assert 0.5e6 < c.params < 2e6
+
+
+def test_registered_with_pad_multiple():
+    net = build_network("compact")
+    assert isinstance(net, CompactDeblur)
+    assert net.pad_multiple == 8
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 37, 53), (2, 3, 64, 96), (1, 3, 8, 8)])
+def test_any_size_io(shape):
+    torch.manual_seed(0)
+    model = build_model("compact").eval()
+    x = torch.rand(*shape)
+    with torch.no_grad():
+        y = model(x)
+    assert y.shape == x.shape
+    assert torch.isfinite(y).all()
+
+
+def test_identity_init_returns_input():
+    net = build_network("compact").init_identity().eval()
+    x = torch.rand(1, 3, 32, 48)
+    with torch.no_grad():
+        assert torch.equal(net(x), x)
+
+
+def test_onnx_export_uses_only_allowed_ops():
+    import onnx
+
+    net = build_network("compact").eval()
+    buf = io.BytesIO()
+    with torch.no_grad():
+        torch.onnx.export(net, (torch.rand(1, 3, 64, 96),), buf, input_names=["blurry"], output_names=["sharp"],
+                          opset_version=17, dynamo=False)
+    ops = {n.op_type for n in onnx.load_from_string(buf.getvalue()).graph.node}
+    assert ops - ALLOWED_OPS == set(), f"ops outside the allow-list: {sorted(ops - ALLOWED_OPS)}"
+    assert "Conv" in ops and "DepthToSpace" in ops
+
+
+# --- the shipped default ------------------------------------------------------------------------------
+
+def test_default_is_shipped_and_small():
+    assert "default" in shipped_models()
+    path = shipped_models()["default"]
+    assert path.stat().st_size < 10e6
+    meta = read_metadata(path)
+    assert meta["architecture"] == "compact"
+    assert meta["input_range"] == "0,1"
+    prov = meta["provenance"]
+    assert prov["trained_by"] == "scripts/train_default.py"
+    assert meta.get("motion_architecture") == "motion"      # G + the NeurMAP motion net, nothing else
+
+
+def test_default_loads_by_name_in_fp32_with_motion_net():
+    model, meta = load_weights("default")
+    assert meta["architecture"] == "compact"
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    motion = load_motion("default")
+    with torch.no_grad():
+        m = motion(torch.rand(1, 3, 40, 56))
+    assert m.shape == (1, 2, 40, 56) and torch.isfinite(m).all()
+
+
+def test_default_beats_blurry_on_heldout_gopro_crop():
+    from neurmap.core.data import gopro_pairs_from_folder
+    from neurmap.core.metrics import psnr
+
+    seq = shared_path("gopro240", "GOPR0477_11_00")
+    # frames 80-119 are never used in training; the crop holds the moving player and ball
+    pairs = gopro_pairs_from_folder(seq, n_frames=11, frame_range=(80, 120), count=1, crop=(0, 800, 384, 480))
+    blurry, sharp = pairs[0]
+    model, _ = load_weights("default")
+    with torch.no_grad():
+        out = model(blurry[None]).clamp(0, 1)
+    before, after = psnr(blurry[None], sharp[None]), psnr(out, sharp[None])
+    assert after > before + 0.1, f"deblurred {after:.2f} dB vs blurry {before:.2f} dB"
