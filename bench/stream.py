@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -215,6 +216,7 @@ def main() -> None:
     out = RESULTS / "stream.json"
     out.write_text(json.dumps({"machine": machine(), "rows": rows, **extra}, indent=2))
     print(f"wrote {out}")
+    shutil.rmtree(work, ignore_errors=True)
     print(f"end-to-end {e2e_fps:.3f} fps = {e2e_fps / model_fps:.1%} of engine alone {model_fps:.3f} fps "
           f"(goal >= 95%); CPU per frame: engine {cpu_model:.2f} s, end-to-end {cpu_e2e:.2f} s "
           f"({cpu_model / cpu_e2e:.1%}); load avg {load_before:.2f} -> {load_after:.2f}")

@@ -157,21 +157,25 @@ def _synth_for(path: Path, synthesize) -> Optional[tuple[int, int]]:
     return (lo, hi)
 
 
-def _stratified_pick(scores: np.ndarray, groups: np.ndarray, n: int, rng: np.random.Generator) -> list[int]:
-    """n indices spread over score strata (equal-count quantile bins), round-robin over groups inside."""
+def _stratified_pick(scores: np.ndarray, groups: np.ndarray, n: int, rng: np.random.Generator,
+                     windows: Optional[np.ndarray] = None) -> list[int]:
+    """n indices spread over score strata (equal-count quantile bins); inside a stratum the source (scene)
+    used least so far wins, then the source window used least (so crops spread over frames too)."""
     order = np.argsort(scores, kind="stable")
     n = min(n, len(order))
     strata = np.array_split(order, n) if n else []
     picked: list[int] = []
     used_groups: dict[int, int] = {}
+    used_windows: dict[int, int] = {}
+    wins = windows if windows is not None else np.arange(len(scores))
     for s in strata:
         s = list(s)
         rng.shuffle(s)
-        # prefer the group used least so far, for scene spread
-        s.sort(key=lambda i: used_groups.get(int(groups[i]), 0))
+        s.sort(key=lambda i: (used_groups.get(int(groups[i]), 0), used_windows.get(int(wins[i]), 0)))
         i = int(s[0])
         picked.append(i)
         used_groups[int(groups[i])] = used_groups.get(int(groups[i]), 0) + 1
+        used_windows[int(wins[i])] = used_windows.get(int(wins[i]), 0) + 1
     return picked
 
 
@@ -190,7 +194,7 @@ def select_frames(sources: Sequence[str | Path], n: int, height: int, width: int
             raise NeurmapError(f"calibration source {p} does not exist; pass a folder of frames or a video")
     key = None
     if cache_dir is not None:
-        desc = {"v": 2, "src": [_file_key(p) for p in paths], "n": n, "holdout": holdout, "hw": [height, width],
+        desc = {"v": 3, "src": [_file_key(p) for p in paths], "n": n, "holdout": holdout, "hw": [height, width],
                 "seed": seed, "synth": [_synth_for(p, synthesize) for p in paths],
                 "range": list(frame_range) if frame_range else None, "pool": pool_factor, "crops": crops_per_frame,
                 "scorer": "motion" if motion_model is not None else "gradient"}
@@ -207,7 +211,7 @@ def select_frames(sources: Sequence[str | Path], n: int, height: int, width: int
     rng = np.random.default_rng(seed)
     total = n + holdout
     srcs = [_Source(p, _synth_for(p, synthesize), frame_range) for p in paths]
-    per_source = max(1, -(-total * pool_factor // (len(srcs) * crops_per_frame)))
+    per_source = max(1, -(-total * pool_factor // len(srcs)))      # windows per source; crops_per_frame crops each
     # pool of candidates: (source, window) with several crops each; windows are the unit of disjointness
     windows, crops_b, crops_s, infos, scores, groups = [], [], [], [], [], []
     for si, s in enumerate(srcs):
@@ -246,7 +250,8 @@ def select_frames(sources: Sequence[str | Path], n: int, height: int, width: int
         rest = [i for i in range(len(infos)) if win_of[i] not in hold_windows]
     else:
         rest = list(range(len(infos)))
-    cal_idx = [rest[i] for i in _stratified_pick(scores_a[rest], groups_a[rest], min(n, len(rest)), rng)]
+    wins_a = np.array([inf["window"] for inf in infos])
+    cal_idx = [rest[i] for i in _stratified_pick(scores_a[rest], groups_a[rest], min(n, len(rest)), rng, wins_a[rest])]
 
     def build(idx: list[int]) -> CalibSet:
         if not idx:

@@ -52,7 +52,8 @@ def adapt(
                                    "4th is held out for the guard."),
     mu_sharp: str = typer.Option("auto", "--mu-sharp", help="Target residual motion of sharp output: 'auto' or "
                                  "a number (20-px units)."),
-    niqe_guard: bool = typer.Option(False, "--niqe-guard", help="Also require NIQE of held-out output not to rise."),
+    niqe_guard: bool = typer.Option(True, "--niqe-guard/--no-niqe-guard", help="Also require NIQE of the held-out "
+                                    "output not to rise (a check the motion net cannot be fooled on)."),
     min_gain: float = typer.Option(0.002, "--min-gain", help="Accept only if the held-out score drops by this "
                                    "fraction."),
     eval_crop: int = typer.Option(192, "--eval-crop", help="Side of the held-out crops the guard scores."),

@@ -66,7 +66,7 @@ class AdaptConfig:
     eval_crops: int = 8               # held-out crops scored by the guard
     eval_crop: int = 192              # their side (a multiple of 96 keeps NIQE blocks whole)
     min_gain: float = 0.002           # accept only if the held-out score drops by this fraction
-    niqe_guard: bool = False          # also require NIQE(held-out outputs) not to rise by > niqe_tol
+    niqe_guard: bool = True           # also require NIQE(held-out outputs) not to rise by > niqe_tol (crops >= 96)
     niqe_tol: float = 0.0
     seed: int = 0
     device: str = "auto"              # "auto": cuda when available, else cpu
@@ -518,7 +518,8 @@ class Adapter:
             probe = random_crops(train_frames, max(cfg.batch, 4), cfg.crop, torch.Generator().manual_seed(cfg.seed))
             self.mu = resolve_mu(cfg, self.G, self.M, probe, dev)
         mu = self.mu
-        before = score(self.G, self.M, held, mu, cfg, with_niqe=cfg.niqe_guard)
+        use_niqe = cfg.niqe_guard and cfg.eval_crop >= 96      # NIQE works on whole 96x96 blocks
+        before = score(self.G, self.M, held, mu, cfg, with_niqe=use_niqe)
         original = self.state()                       # rollback point (clones: bit-exact)
         ts = TrainableSet(self.G, cfg)
         self.last_trainable = set(ts.names)
@@ -561,9 +562,9 @@ class Adapter:
             self.restore(original)
             return self._result(False, reason, done, before, None, t_start, step_s, losses, ts, mu)
         ts.finish()                                     # LoRA merged: a plain network again
-        after = score(self.G, self.M, held, mu, cfg, with_niqe=cfg.niqe_guard)
+        after = score(self.G, self.M, held, mu, cfg, with_niqe=use_niqe)
         ok = math.isfinite(after.total) and after.total < before.total * (1.0 - cfg.min_gain)
-        if ok and cfg.niqe_guard and before.niqe is not None and after.niqe is not None:
+        if ok and use_niqe and before.niqe is not None and after.niqe is not None:
             ok = after.niqe <= before.niqe + cfg.niqe_tol
             if not ok:
                 reason = f"NIQE rose {before.niqe:.3f} -> {after.niqe:.3f}"

@@ -175,13 +175,7 @@ def export_coreml(model: nn.Module, path: str | Path, shapes: Sequence[tuple[int
     except Exception as e:
         raise NeurmapError(f"Core ML conversion failed: {str(e).splitlines()[0][:200]}") from None
     if precision == "w8":
-        from coremltools.optimize.coreml import OpLinearQuantizerConfig, OptimizationConfig, linear_quantize_weights
-
-        cfg = OptimizationConfig(global_config=OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8",
-                                                                       granularity="per_channel", weight_threshold=512))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ml = linear_quantize_weights(ml, config=cfg)
+        ml = quantize_weights_w8(ml)
     from neurmap.core.checkpoint import weights_hash
 
     meta = {"architecture": facts["architecture"], "role": facts["role"], "input_range": "0,1" if not image_io else "0,255",
@@ -195,6 +189,21 @@ def export_coreml(model: nn.Module, path: str | Path, shapes: Sequence[tuple[int
     save_mlpackage(ml, Path(path))
     Path(sidecar_path(path)).write_text(json.dumps({**meta, "format": "coreml-mlpackage"}, indent=2))
     return ml
+
+
+def quantize_weights_w8(ml):
+    """Int8 per-channel symmetric weights (``linear_quantize_weights``): half the size, fp16 compute."""
+    from coremltools.optimize.coreml import OpLinearQuantizerConfig, OptimizationConfig, linear_quantize_weights
+
+    cfg = OptimizationConfig(global_config=OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8",
+                                                                   granularity="per_channel", weight_threshold=512))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = linear_quantize_weights(ml, config=cfg)
+    out.user_defined_metadata.update({k: v for k, v in ml.user_defined_metadata.items()})
+    if "neurmap.precision" in out.user_defined_metadata:
+        out.user_defined_metadata["neurmap.precision"] = "w8"
+    return out
 
 
 def save_mlpackage(ml, path: Path) -> Path:
@@ -248,6 +257,11 @@ def spec_summary(ml_or_path) -> dict:
                 for o in op.outputs:
                     dt = o.type.tensorType.dataType
                     const_dtypes[str(dt)] = const_dtypes.get(str(dt), 0) + 1
+            elif op.type.startswith("constexpr"):    # compressed weights: the stored data's dtype
+                for key in ("quantized_data", "data", "indices"):
+                    if key in op.attributes:
+                        dt = op.attributes[key].type.tensorType.dataType
+                        const_dtypes[str(dt)] = const_dtypes.get(str(dt), 0) + 1
             for b in op.blocks:
                 walk(b)
 

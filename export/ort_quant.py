@@ -184,6 +184,22 @@ def ranges_from_histograms(hists: dict[str, tuple], method: str = "mse", percent
     return out
 
 
+def with_input_range(ranges: dict, model_path, meta: dict) -> dict:
+    """Graph inputs documented as [0,1] images get exactly (0, 1): scale 1/255, zero point 0, so 8-bit camera
+    frames pass the input quantizer without rounding (a calibrated range like (0.004, 0.98) would round them)."""
+    import onnx
+
+    if meta.get("input_range", "0,1") != "0,1":
+        return ranges
+    m = onnx.load(str(model_path), load_external_data=False)
+    inits = {i.name for i in m.graph.initializer}
+    out = dict(ranges)
+    for i in m.graph.input:
+        if i.name not in inits and i.name in out:
+            out[i.name] = (0.0, 1.0)
+    return out
+
+
 def _ranges_cache(ranges: dict[str, tuple[float, float]], path: Path) -> Path:
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData, save_tensors_data
 
@@ -267,6 +283,7 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, frames: Optional[
                                        "like the ones the model will see)")
                 hists = collect_histograms(pre, frames, cfg.num_bins, cfg.chunk)
             ranges = ranges_from_histograms(hists, cfg.method, cfg.percentile)
+        ranges = with_input_range(ranges, pre, meta)
         cache = _ranges_cache(ranges, tmp / "ranges.json")
         import logging
         logging.getLogger().setLevel(logging.ERROR)
@@ -302,8 +319,29 @@ def convert_fp16(fp32_path: str | Path, out_path: str | Path) -> Path:
     m = onnx.load(str(fp32_path))
     meta = read_artifact_metadata(fp32_path)
     h = convert_float_to_float16(m, keep_io_types=True, disable_shape_infer=False)
+    toposort(h.graph)                       # the converter appends the input Casts at the end of the node list
     set_metadata(h, {**meta, "precision": "fp16"})
     return save_onnx_atomic(h, out_path)
+
+
+def toposort(graph) -> None:
+    """Reorder ``graph.node`` in place so every node comes after the producers of its inputs."""
+    ready = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    nodes, out = list(graph.node), []
+    while nodes:
+        rest = []
+        for n in nodes:
+            if all(i in ready for i in n.input):
+                out.append(n)
+                ready.update(n.output)
+            else:
+                rest.append(n)
+        if len(rest) == len(nodes):            # a cycle or a dangling input: keep the remainder as it was
+            out += rest
+            break
+        nodes = rest
+    del graph.node[:]
+    graph.node.extend(out)
 
 
 def describe(cfg: QuantConfig) -> dict:

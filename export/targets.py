@@ -135,25 +135,41 @@ def build_ort_int8(req: ExportRequest) -> Artifact:
 
 
 def auto_exclusions(dyn: Path, pre: Path, ranges: dict, calib: np.ndarray, method: str, budget: int, tmp: Path,
-                    log: Callable[[str], None]) -> tuple[list[str], float]:
-    """Nodes to keep in float, chosen by linearised sensitivity on two small crops of the calibration frames."""
+                    log: Callable[[str], None], rounds: int = 2) -> tuple[list[str], float]:
+    """Nodes to keep in float, chosen by linearised sensitivity on two small crops of the calibration frames.
+
+    ``rounds`` > 1 re-measures after keeping the first picks in float (the error then spreads differently) and
+    spends the rest of the conv budget on the new ranking."""
     from neurmap.calibration.sensitivity import choose_exclusions, linear_sensitivity
 
     from .ort_quant import QuantConfig, quantize_int8
 
     if budget <= 0:
         return [], 0.0
-    probe = quantize_int8(dyn, tmp / "probe.onnx", None, QuantConfig(method=method), ranges=ranges)
     n = min(2, len(calib))
     c = min(128, calib.shape[2] // 8 * 8, calib.shape[3] // 8 * 8)
     crops = np.ascontiguousarray(calib[np.linspace(0, len(calib) - 1, n).astype(int), :, :c, :c])
-    sens = linear_sensitivity(probe.path, pre, crops, n_probe=3)
-    chosen, share = choose_exclusions(sens, probe.path, budget=budget)
-    heavy = [c for c in chosen if "Conv" in c]
+    chosen: list[str] = []
+    first_share = None
+    left = budget
+    for r in range(max(1, rounds)):
+        b = left if r == rounds - 1 else -(-budget // rounds)
+        if b <= 0:
+            break
+        probe = quantize_int8(dyn, tmp / f"probe{r}.onnx", None, QuantConfig(method=method, exclude=chosen), ranges=ranges)
+        sens = linear_sensitivity(probe.path, pre, crops, n_probe=3)
+        new, share = choose_exclusions(sens, probe.path, budget=b)
+        new = [x for x in new if x not in chosen]
+        if first_share is None:
+            first_share = share
+        chosen += new
+        left -= sum(1 for x in new if x.endswith("Conv") or x.endswith("ConvTranspose"))
+        if not new:
+            break
+    heavy = [c for c in chosen if c.endswith("Conv") or c.endswith("ConvTranspose")]
     log(f"sensitivity: keeping {len(chosen)} nodes in float ({len(heavy)} convs: "
-        f"{', '.join(x.split('/')[-2] if x.count('/') > 1 else x for x in heavy[:8])}), "
-        f"~{share * 100:.0f}% of the predicted INT8 error")
-    return chosen, share
+        f"{', '.join('/'.join(x.split('/')[-3:-1]) for x in heavy[:12])})")
+    return chosen, float(first_share or 0.0)
 
 
 def qat_weights(req: ExportRequest, dyn: Path, pre: Path, ranges: dict, cfg, tmp: Path) -> Path:
