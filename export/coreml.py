@@ -117,7 +117,8 @@ def _slice_unpatches(x: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
 
 
 class _coreml_friendly_patching:
-    """While tracing for Core ML, DMPHN cuts patches by slicing (see :func:`_slice_patches`)."""
+    """While tracing for Core ML with EnumeratedShapes, DMPHN cuts patches by slicing (see
+    :func:`_slice_patches`); fixed shapes keep core's torch.chunk, which converts as it is."""
 
     def __enter__(self):
         from neurmap.core.models import dmphn
@@ -154,7 +155,10 @@ def export_coreml(model: nn.Module, path: str | Path, shapes: Sequence[tuple[int
         module = _w8a8(module, example, calib)
     if image_io:
         module = _ImageOut(_ImageIn(module)).eval()
-    with torch.no_grad(), warnings.catch_warnings(), _coreml_friendly_patching():
+    import contextlib
+
+    patching = _coreml_friendly_patching() if len(shapes) > 1 else contextlib.nullcontext()
+    with torch.no_grad(), warnings.catch_warnings(), patching:
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(module, example, check_trace=False)
     in_shape = (1, 3, *shapes[0]) if len(shapes) == 1 else ct.EnumeratedShapes(

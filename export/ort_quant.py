@@ -43,6 +43,8 @@ class QuantConfig:
     exclude: list[str] = field(default_factory=list)   # node names kept in float
     num_bins: int = 2048
     chunk: int = 2                # frames per calibration pass (memory bound)
+    op_types: Optional[list[str]] = None   # None: every op ORT can quantize; ["Conv", "ConvTranspose"]: convs only,
+                                           # so residual Adds (and the skip paths they feed) stay in float
 
     def check(self) -> None:
         if self.method not in METHODS:
@@ -291,6 +293,7 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, frames: Optional[
                         per_channel=cfg.per_channel, reduce_range=cfg.reduce_range,
                         activation_type=_qtype(cfg.activation), weight_type=_qtype(cfg.weight),
                         nodes_to_exclude=list(cfg.exclude), calibration_cache_path=str(cache),
+                        op_types_to_quantize=list(cfg.op_types) if cfg.op_types else None,
                         extra_options={"ActivationSymmetric": cfg.activation == "s8", "WeightSymmetric": True})
         q = onnx.load(str(tmp / "q.onnx"))
     if static_shape is not None:
@@ -298,7 +301,8 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, frames: Optional[
     n_frames = 0 if frames is None else int(len(frames))
     info = {"precision": "int8", "quant.method": cfg.method, "quant.frames": str(n_frames),
             "quant.activation": cfg.activation, "quant.weight": cfg.weight,
-            "quant.per_channel": str(cfg.per_channel).lower(), "quant.excluded": json.dumps(list(cfg.exclude))}
+            "quant.per_channel": str(cfg.per_channel).lower(), "quant.excluded": json.dumps(list(cfg.exclude)),
+            "quant.op_types": json.dumps(cfg.op_types or "all")}
     if static_shape is not None:
         info["shape"] = f"{static_shape[0]},3,{static_shape[1]},{static_shape[2]}"
     set_metadata(q, {**{k: v for k, v in meta.items()}, **info, **(extra_meta or {})})

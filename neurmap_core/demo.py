@@ -33,7 +33,9 @@ from .errors import InputError, NeurmapError
 BACKENDS = ("auto", "ort-int8", "ort-fp32", "torch")
 #: the INT8 graph is used only if its output stays this close (PSNR, dB) to the float model's
 INT8_MIN_AGREEMENT_DB = 35.0
-DEMO_IMAGES = ("astronaut", "coffee", "chelsea", "rocket")
+#: scikit-image's bundled photos of at least 400 px height (small ones, e.g. chelsea at 300x451, would be
+#: upscaled to the clip size: soft images that every GoPro-trained deblurrer "sharpens" into artifacts)
+DEMO_IMAGES = ("astronaut", "coffee", "rocket", "stereo_motorcycle")
 
 
 def cache_dir() -> Path:
@@ -44,14 +46,17 @@ def cache_dir() -> Path:
 # input clips
 # ------------------------------------------------------------------------------------------------
 
-def synthetic_clip(frames: int = 24, size: tuple[int, int] = (360, 640), max_blur_px: float = 12.0,
+def synthetic_clip(frames: int = 24, size: tuple[int, int] = (360, 640), max_blur_px: float = 20.0,
                    seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(blurry, sharp), each (frames, 3, H, W): camera shake over scikit-image's bundled photos."""
     import skimage.data
 
     from .data import camera_shake_clip
 
-    images = [getattr(skimage.data, name)() for name in DEMO_IMAGES]
+    images = []
+    for name in DEMO_IMAGES:
+        im = getattr(skimage.data, name)()
+        images.append(im[0] if isinstance(im, tuple) else im)      # stereo_motorcycle: (left, right, disparity)
     images = images[:max(1, min(len(images), frames))]
     return camera_shake_clip(images, n_frames=frames, sub_frames=9, max_blur_px=max_blur_px,
                              max_rotation_deg=0.5, size=size, seed=seed)
@@ -221,7 +226,7 @@ def write_grid(path: Path, columns: list[tuple[str, torch.Tensor]], rows: list[i
 
 def run_demo(input: Optional[str | Path] = None, out_dir: str | Path = "neurmap-demo", frames: int = 24,
              size: tuple[int, int] = (360, 640), weights: str = "default", backend: str = "auto",
-             threads: int = 0, max_blur_px: float = 12.0, seed: int = 0, progress: bool = True,
+             threads: int = 0, max_blur_px: float = 20.0, seed: int = 0, progress: bool = True,
              console=None) -> dict:
     """Run the demo; returns the summary (also written to ``out_dir/summary.json``)."""
     from rich.console import Console

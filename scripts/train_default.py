@@ -364,7 +364,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=REPO / "neurmap_core/weights/default.safetensors")
     ap.add_argument("--curve", type=Path, default=REPO / "bench/results/compact_training.json")
     ap.add_argument("--run-dir", type=Path, default=REPO / "runs/train_default")
-    ap.add_argument("--iters-content", type=int, default=2000)
+    ap.add_argument("--iters-content", type=int, default=4500)
     ap.add_argument("--iters-motion", type=int, default=80)
     ap.add_argument("--iters-neurmap", type=int, default=80)
     ap.add_argument("--eval-every", type=int, default=500)

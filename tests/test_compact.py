@@ -12,7 +12,7 @@ from neurmap.core.models import build_network
 from neurmap.core.models.compact import CompactDeblur
 from neurmap.core.profile import network_cost
 
-from .conftest import shared_path
+from conftest import shared_path
 
 #: what the compact backbone may contain after ONNX export (static shape, opset 17): convolutions, ReLU,
 #: add/mul/concat, the depth<->space reshuffles (pixel_unshuffle exports as Reshape/Transpose/Reshape) and
