@@ -41,8 +41,8 @@ def config(out: Path, paired_only: bool, args) -> TrainConfig:
 def held_out():
     frames = frame_source(GOPRO)
     # whole frames at 640x360 (random crops of this clip are mostly flat water), blurred after resizing
-    kernel = KernelBlurred([frames[i] for i in range(100, 120, 2)], resize=(360, 640), seed=1234)
-    car = Subset(UnpairedFolder(CAR), range(40, 60, 2))
+    kernel = KernelBlurred([frames[i] for i in range(100, 120, 3)], resize=(360, 640), seed=1234)
+    car = Subset(UnpairedFolder(CAR), range(40, 60, 3))
     return kernel, car
 
 
