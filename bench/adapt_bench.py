@@ -191,6 +191,7 @@ def ensure(out: Path = DEFAULT_OUT) -> Path:
 SCENES = ("camera", "brick", "grass", "gravel", "coins", "moon", "hubble_deep_field", "retina")  # unseen by M
 EVAL_CROP = 128
 VARIANTS = [("lora", 5e-4), ("bias", 1e-4), ("last", 1e-4), ("all", 1e-5)]
+LOSS_OVERRIDES: dict = {}
 
 
 def load_avg() -> float:
@@ -293,7 +294,8 @@ def bench_domain_shift(G0, M, steps: int, variants, log) -> dict:
     fwd = forward_cost(G0, M, probe)
     res["forward_G_plus_M_s"] = round(fwd, 3)
     for params, lr in variants:
-        cfg = AdaptConfig(steps=steps, params=params, lr=lr, crop=96, batch=2, eval_crops=6, eval_crop=192)
+        cfg = AdaptConfig(steps=steps, params=params, lr=lr, crop=96, batch=2, eval_crops=6, eval_crop=192,
+                          **LOSS_OVERRIDES)
         G = clone_model(G0)
         adapter = Adapter(G, M, cfg)
         curve = {0: res["psnr_unadapted"]}
@@ -344,7 +346,8 @@ def bench_real_stream(G0, M, params: str, lr: float, steps: int, log) -> dict:
     outside = frames[41:60:6]                     # later frames, never buffered
     buf = FrameBuffer(capacity=len(buffered), holdout_every=4).extend(buffered)
     train_f, held_f = buf.snapshot()
-    cfg = AdaptConfig(steps=steps, params=params, lr=lr, crop=96, batch=2, eval_crops=6, eval_crop=192)
+    cfg = AdaptConfig(steps=steps, params=params, lr=lr, crop=96, batch=2, eval_crops=6, eval_crop=192,
+                      **LOSS_OVERRIDES)
     G = clone_model(G0)
     adapter = Adapter(G, M, cfg)
     r = adapter.run_round(train_f, held_f)
@@ -419,10 +422,19 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--variants", default=",".join(v for v, _ in VARIANTS))
     ap.add_argument("--skip", default="", help="comma list of parts to skip: shift,real,fps")
     ap.add_argument("--out", default="adapt")
+    ap.add_argument("--w-reblur", type=float, default=None, help="override λ_G_reblur (pilots)")
+    ap.add_argument("--w-sharp", type=float, default=None, help="override λ_G_f_sharp (pilots)")
+    ap.add_argument("--lr-scale", type=float, default=1.0, help="scale every variant's lr (pilots)")
     ap.add_argument("--motion", default=None, help="motion-net checkpoint (default: the bench's own, trained if absent)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     from neurmap.core import load_motion, load_weights
+
+    if args.w_reblur is not None:
+        LOSS_OVERRIDES["w_reblur"] = args.w_reblur
+    if args.w_sharp is not None:
+        LOSS_OVERRIDES["w_sharp"] = args.w_sharp
+    variants = [(v, lr * args.lr_scale) for v, lr in VARIANTS]
 
     lines: list[str] = []
 
@@ -439,10 +451,11 @@ def main(argv: list[str]) -> None:
     skip = set(filter(None, args.skip.split(",")))
     result = {"motion_net": {"path": str(motion_path), **{k: mstats[k] for k in
               ("steps", "heldout_l1_px", "heldout_l1_px_zero_predictor", "mu_sharp") if k in mstats}},
-              "deblur_net": "official DMPHN 1-2-4 (GoPro-trained)", "torch_threads": 1, "load_avg_start": load_avg()}
-    chosen = dict(VARIANTS)
+              "deblur_net": "official DMPHN 1-2-4 (GoPro-trained)", "torch_threads": 1, "load_avg_start": load_avg(),
+              "loss_overrides": dict(LOSS_OVERRIDES)}
+    chosen = dict(variants)
     if "shift" not in skip:
-        wanted = [v for v in VARIANTS if v[0] in args.variants.split(",")]
+        wanted = [v for v in variants if v[0] in args.variants.split(",")]
         result["domain_shift"] = bench_domain_shift(G0, M, args.steps, wanted, log)
     if "real" not in skip:
         result["real_stream"] = bench_real_stream(G0, M, "lora", chosen["lora"], args.steps, log)

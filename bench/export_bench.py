@@ -115,6 +115,7 @@ def main() -> None:
             p = compare(out, ref, ev.sharp, ev.blurry)
             row = {"name": name, "method": method, "calib_frames": frames, "excluded_nodes": len(exclude),
                    "excluded_convs": [e for e in exclude if e.endswith("Conv") or e.endswith("ConvTranspose")],
+                   "excluded": list(exclude),
                    "psnr_vs_float": round(p.psnr_vs_float, 2), "psnr_gt": round(p.psnr_gt, 3),
                    "loss_db": round(p.loss_db, 3), "ssim_gt": round(p.ssim_gt, 4), "max_abs": round(p.max_abs, 4),
                    "p99_abs": round(p.p99_abs, 4), "seconds": round(time.perf_counter() - t0, 1), "note": note,

@@ -116,6 +116,7 @@ class OnnxTorch(nn.Module):
         self.disabled: set[str] = set()          # activation Q outputs / param keys to leave in float
         self.quantize = True
         self.probes: Optional[dict] = None        # float run with zero "probe" tensors at every Q point
+        self.node_hook = None                     # f(conv node, inputs, output) -> replacement output or None
 
     # -------------------------------------------------------------------------------------------------
     def quant_points(self) -> list[str]:
@@ -166,6 +167,10 @@ class OnnxTorch(nn.Module):
                 continue
             ins = [get(i) if i else None for i in n.input]
             outs = self._run(n, ins)
+            if self.node_hook is not None and n.op_type in ("Conv", "ConvTranspose"):
+                new = self.node_hook(n, ins, outs[0])
+                if new is not None:
+                    outs = [new]
             for name, v in zip(n.output, outs):
                 env[name] = v
         res = [env[o] for o in self.output_names]
