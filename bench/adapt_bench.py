@@ -313,7 +313,7 @@ def bench_domain_shift(G0, M, steps: int, variants, log) -> dict:
             # rolled back: G is the original again; measure what the rejected weights would have given
             final = eval_psnr(G, eb, es)
             probe_G = clone_model(G0)
-            a2 = Adapter(probe_G, M, AdaptConfig(**{**cfg.as_dict(), "min_gain": -1e9, "niqe_guard": False}))
+            a2 = Adapter(probe_G, M, AdaptConfig(**{**cfg.as_dict(), "min_gain": -1e9, "niqe_guard": False, "probe_guard": False}))
             a2.mu = adapter.mu
             a2.run_round(train_f, held_f)
             curve[steps] = eval_psnr(probe_G, eb, es)
@@ -353,7 +353,7 @@ def bench_real_stream(G0, M, params: str, lr: float, steps: int, log) -> dict:
     r = adapter.run_round(train_f, held_f)
     if not r.accepted:                           # what the rejected weights would have scored, for the record
         probe = clone_model(G0)
-        a2 = Adapter(probe, M, AdaptConfig(**{**cfg.as_dict(), "min_gain": -1e9, "niqe_guard": False}))
+        a2 = Adapter(probe, M, AdaptConfig(**{**cfg.as_dict(), "min_gain": -1e9, "niqe_guard": False, "probe_guard": False}))
         a2.mu = adapter.mu
         a2.run_round(train_f, held_f)
     else:

@@ -54,6 +54,9 @@ def adapt(
                                  "a number (20-px units)."),
     niqe_guard: bool = typer.Option(True, "--niqe-guard/--no-niqe-guard", help="Also require NIQE of the held-out "
                                     "output not to rise (a check the motion net cannot be fooled on)."),
+    probe_guard: bool = typer.Option(True, "--probe-guard/--no-probe-guard", help="Also require that the "
+                                     "held-out outputs, re-blurred with random camera shake, are restored at least "
+                                     "as well as before (catches drift toward the identity)."),
     min_gain: float = typer.Option(0.002, "--min-gain", help="Accept only if the held-out score drops by this "
                                    "fraction."),
     eval_crop: int = typer.Option(192, "--eval-crop", help="Side of the held-out crops the guard scores."),
@@ -81,7 +84,7 @@ def adapt(
     except ValueError:
         raise typer.BadParameter(f"--mu-sharp {mu_sharp!r}: 'auto' or a number") from None
     cfg = AdaptConfig(steps=steps, params=params, lr=lr if lr is not None else default_lr(params), crop=crop,
-                      batch=batch, mu_sharp=mu, niqe_guard=niqe_guard, min_gain=min_gain, device=device, seed=seed,
+                      batch=batch, mu_sharp=mu, niqe_guard=niqe_guard, probe_guard=probe_guard, min_gain=min_gain, device=device, seed=seed,
                       eval_crop=eval_crop, eval_crops=eval_crops)
     cfg.parts()
     target = Path(out) if out else default_out(weights, source)

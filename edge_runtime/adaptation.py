@@ -68,6 +68,8 @@ class AdaptConfig:
     min_gain: float = 0.002           # accept only if the held-out score drops by this fraction
     niqe_guard: bool = True           # also require NIQE(held-out outputs) not to rise by > niqe_tol (crops >= 96)
     niqe_tol: float = 0.0
+    probe_guard: bool = True          # also require the deblurring regression probe not to drop (see probe_pairs)
+    probe_tol_db: float = 0.0
     seed: int = 0
     device: str = "auto"              # "auto": cuda when available, else cpu
 
@@ -415,6 +417,7 @@ class Score:
     reblur: float
     sharp: float
     niqe: Optional[float] = None
+    probe_psnr: Optional[float] = None
 
     def as_dict(self) -> dict:
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
@@ -444,6 +447,35 @@ def score(G: nn.Module, M: nn.Module, crops: torch.Tensor, mu: torch.Tensor, cfg
         mosaic = torch.cat(list(torch.cat(outs)), dim=-1)     # (3, h, n·w)
         nq = float(niqe(mosaic))
     return Score(total, rb, sh, nq)
+
+
+@torch.no_grad()
+def probe_pairs(G: nn.Module, held: torch.Tensor, seed: int = 0, max_px: float = 20.0,
+                chunk: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """A no-ground-truth regression test of deblurring on this camera's content.
+
+    Targets: the *current* model's outputs on the held-out crops (the best sharp estimate there is);
+    inputs: those targets blurred with seeded random camera-shake fields (``random_motion_field``, up to
+    ``max_px``). An update that makes G lean toward the identity — the degenerate solution a weak motion
+    net lets the reblur term reach — or that stops deblurring in general, loses PSNR here. It checks that
+    nothing was forgotten; it does not decide what improved (the unsupervised score and NIQE do)."""
+    from neurmap.core.data import kernel_blur, random_motion_field
+
+    target = torch.cat([G(held[i:i + chunk]).float().clamp(0, 1) for i in range(0, held.shape[0], chunk)])
+    g = torch.Generator().manual_seed(seed + 104729)
+    h, w = target.shape[-2:]
+    m = torch.stack([random_motion_field(h, w, generator=g, max_px=max_px) for _ in range(target.shape[0])])
+    blurry = kernel_blur(target, m.to(target.device), border="replicate").clamp(0, 1)
+    return blurry, target
+
+
+@torch.no_grad()
+def probe_psnr(G: nn.Module, pairs: tuple[torch.Tensor, torch.Tensor], chunk: int = 2) -> float:
+    from neurmap.core.metrics import psnr_per_image
+
+    blurry, target = pairs
+    vals = [psnr_per_image(G(blurry[i:i + chunk]).float(), target[i:i + chunk]) for i in range(0, len(blurry), chunk)]
+    return float(torch.cat(vals).mean())
 
 
 # ------------------------------------------------------------------------------------------------ adapter
@@ -520,6 +552,9 @@ class Adapter:
         mu = self.mu
         use_niqe = cfg.niqe_guard and cfg.eval_crop >= 96      # NIQE works on whole 96x96 blocks
         before = score(self.G, self.M, held, mu, cfg, with_niqe=use_niqe)
+        probe = probe_pairs(self.G, held, cfg.seed + self.rounds) if cfg.probe_guard else None
+        if probe is not None:
+            before.probe_psnr = probe_psnr(self.G, probe)
         original = self.state()                       # rollback point (clones: bit-exact)
         ts = TrainableSet(self.G, cfg)
         self.last_trainable = set(ts.names)
@@ -563,7 +598,12 @@ class Adapter:
             return self._result(False, reason, done, before, None, t_start, step_s, losses, ts, mu)
         ts.finish()                                     # LoRA merged: a plain network again
         after = score(self.G, self.M, held, mu, cfg, with_niqe=use_niqe)
+        if probe is not None and math.isfinite(after.total):
+            after.probe_psnr = probe_psnr(self.G, probe)
         ok = math.isfinite(after.total) and after.total < before.total * (1.0 - cfg.min_gain)
+        if ok and probe is not None and after.probe_psnr < before.probe_psnr - cfg.probe_tol_db:
+            ok = False
+            reason = f"deblurring probe dropped {before.probe_psnr:.2f} -> {after.probe_psnr:.2f} dB"
         if ok and use_niqe and before.niqe is not None and after.niqe is not None:
             ok = after.niqe <= before.niqe + cfg.niqe_tol
             if not ok:

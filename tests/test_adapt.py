@@ -49,7 +49,7 @@ def one_thread():
 
 
 def tiny_cfg(**kw):
-    base = dict(steps=2, crop=16, batch=2, eval_crops=2, eval_crop=16, lr=1e-3, min_gain=ACCEPT)
+    base = dict(steps=2, crop=16, batch=2, eval_crops=2, eval_crop=16, lr=1e-3, min_gain=ACCEPT, probe_guard=False)
     base.update(kw)
     return AdaptConfig(**base)
 
@@ -337,7 +337,7 @@ def test_cli_adapt_on_a_tiny_folder(nets, tmp_path):
     w = save_weights(tmp_path / "w.safetensors", G0, motion=M)
     digest = hashlib.sha256(w.read_bytes()).hexdigest()
     out = tmp_path / "w2.safetensors"
-    common = ["--steps", 2, "--crop", 16, "--batch", 1, "--eval-crop", 16, "--eval-crops", 2]
+    common = ["--steps", 2, "--crop", 16, "--batch", 1, "--eval-crop", 16, "--eval-crops", 2, "--no-probe-guard"]
     r = cli("adapt", folder, "--weights", w, "--out", out, "--min-gain", ACCEPT, *common)
     assert r.exit_code == 0, r.output
     assert '"accepted": true' in r.output and out.exists()
@@ -363,7 +363,8 @@ def test_cli_run_with_adapt_reports_the_adapter(nets, tmp_path):
         cv2.imwrite(str(folder / f"{i:03d}.png"), f.permute(1, 2, 0).numpy()[:, :, ::-1])
     w = save_weights(tmp_path / "w.safetensors", G0, motion=M)
     out = tmp_path / "online.safetensors"
-    opts = (f"steps=2,crop=16,batch=1,eval_crop=16,eval_crops=2,min_gain={ACCEPT},every=1,min_new=4,rounds=1,"
+    opts = (f"steps=2,crop=16,batch=1,eval_crop=16,eval_crops=2,min_gain={ACCEPT},probe_guard=false,every=1,"
+            f"min_new=4,rounds=1,"
             f"out={out}")
     r = cli("run", folder, "--engine", w, "--loop", "--max-frames", 30, "--input-rate", 10, "--quiet",
             "--adapt", "--adapt-opts", opts)
