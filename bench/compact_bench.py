@@ -125,7 +125,7 @@ def main() -> None:
             for name, (model, meta) in models.items():          # alternate nets within a resolution
                 hp, wp = padded(h, w, model.pad_multiple)
                 fp32 = export_onnx(model, tmp / f"{name}_{res}.onnx", height=hp, width=wp)
-                budget = 90.0 if name != "compact" else 20.0
+                budget = 60.0 if name != "compact" else 20.0
                 rows[name][f"ort_fp32_fps_{res}"] = round(ort_fps(fp32, hp, wp, args.threads, budget), 3)
                 print(f"{name} {res} fp32: {rows[name][f'ort_fp32_fps_{res}']} fps  ({uptime()})", flush=True)
                 if have_int8:

@@ -49,7 +49,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--calib-frames", type=int, default=24)
     ap.add_argument("--eval-crops", type=int, default=6)
-    ap.add_argument("--budget", type=int, default=8, help="convs kept in float by the sensitivity search")
+    ap.add_argument("--budget", type=int, default=24, help="convs kept in float by the sensitivity search")
     ap.add_argument("--runs", type=int, default=2, help="timed runs per row and resolution (best is kept)")
     ap.add_argument("--no-720p", action="store_true", help="time at 640x360 only")
     ap.add_argument("--skip-ablation", action="store_true", help="only naive and final recipes")
@@ -136,7 +136,7 @@ def main() -> None:
         excl, share = auto_exclusions(dyn, pre, ranges, cal.blurry, "mse", args.budget, tmp, log)
         result["sensitivity_seconds"] = round(time.perf_counter() - t, 1)
         final = variant(f"mse_24_float{args.budget}", "mse", hists, exclude=excl,
-                        note=f"sensitive nodes kept in float (conv budget {args.budget}, 2 rounds)")
+                        note=f"sensitive nodes kept in float (conv budget {args.budget}, 3 rounds)")
         result["final"] = {k: v for k, v in final.items() if k != "path"}
 
         sizes = [(360, 640)] + ([] if args.no_720p else [(720, 1280)])

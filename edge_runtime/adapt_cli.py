@@ -84,8 +84,8 @@ def adapt(
     except ValueError:
         raise typer.BadParameter(f"--mu-sharp {mu_sharp!r}: 'auto' or a number") from None
     cfg = AdaptConfig(steps=steps, params=params, lr=lr if lr is not None else default_lr(params), crop=crop,
-                      batch=batch, mu_sharp=mu, niqe_guard=niqe_guard, probe_guard=probe_guard, min_gain=min_gain, device=device, seed=seed,
-                      eval_crop=eval_crop, eval_crops=eval_crops)
+                      batch=batch, mu_sharp=mu, niqe_guard=niqe_guard, probe_guard=probe_guard, min_gain=min_gain,
+                      device=device, seed=seed, eval_crop=eval_crop, eval_crops=eval_crops)
     cfg.parts()
     target = Path(out) if out else default_out(weights, source)
     w = Path(weights)

@@ -8,14 +8,18 @@ random crops of recently buffered frames B, minimising NeurMAP's unpaired terms:
 
 Only a small parameter set moves (default: rank-4 LoRA adapters on every convolution, merged back into the
 conv weights at the end, so the exported graph and its initializer names are unchanged). A round is
-*guarded*: held-out buffered frames are scored (same objective, split into reblur consistency and
-motion-net sharpness, plus NIQE of the held-out outputs when asked) before and after; the new weights are
-kept only when they score better, otherwise the round is rolled back to bit-identical original tensors.
+*guarded* on held-out buffered frames, scored before and after: the objective itself, split into reblur
+consistency and motion-net sharpness, must drop; NIQE of the held-out outputs must not rise; and a
+deblurring probe (the held-out outputs re-blurred with random camera shake must be restored at least as
+well as before) must not drop — the objective alone can be lowered by drifting toward the identity when
+the motion net underestimates the blur, which the probe catches. Otherwise the round is rolled back to
+bit-identical original tensors.
 
 Parts
     :class:`AdaptConfig`   every knob, with the defaults the bench justifies
     :class:`FrameBuffer`   bounded ring of recent frames (uint8, CPU), every k-th one held out
-    :func:`select_parameters` / :class:`LoRAConvs`   the trainable set
+    :class:`TrainableSet` / :class:`LoRAConvs`   the trainable set (lora, bias, last, all)
+    :func:`probe_pairs`    the deblurring regression probe of the guard
     :class:`Adapter`       one guarded round: score, steps, merge, score, accept or roll back
     :func:`resolve_motion` the motion net: --motion, else the one inside the checkpoint, else the shipped one
     :func:`save_adapted`   accepted weights -> safetensors with provenance (atomic; never over the original)
@@ -58,8 +62,8 @@ class AdaptConfig:
     last_layers: int = 6              # "last": the last N convolutions in execution order
     crop: int = 96                    # training crop side (pixels); multiple of the net's pad multiple
     batch: int = 4
-    w_reblur: float = 100.0           # λ_G_reblur (SPEC synthetic default)
-    w_sharp: float = 0.5              # λ_G_f_sharp
+    w_reblur: float = 10.0            # λ_G_reblur (SPEC's real-blur value; synthetic training uses 100)
+    w_sharp: float = 50.0             # λ_G_f_sharp (SPEC trains with 0.5 beside a content loss; see the bench)
     w_tv: float = 0.0                 # λ_G_Itv
     mu_sharp: object = "auto"         # float, [dy, dx], or "auto" (see estimate_mu_sharp)
     grad_clip: Optional[float] = 1.0  # gradient-norm clip on the trainable set (None: off)
@@ -536,7 +540,8 @@ class Adapter:
 
     def run_round(self, train_frames: list[torch.Tensor], held_frames: list[torch.Tensor],
                   steps: Optional[int] = None, on_step: Optional[Callable[[int, float], None]] = None,
-                  pause: Optional[Callable[[float], None]] = None) -> RoundResult:
+                  pause: Optional[Callable[[float], None]] = None,
+                  on_merged: Optional[Callable[[nn.Module], None]] = None) -> RoundResult:
         """Score held-out crops, take ``steps`` steps on train crops, merge, score again, accept or roll back."""
         cfg = self.cfg
         steps = cfg.steps if steps is None else int(steps)
@@ -597,6 +602,8 @@ class Adapter:
             self.restore(original)
             return self._result(False, reason, done, before, None, t_start, step_s, losses, ts, mu)
         ts.finish()                                     # LoRA merged: a plain network again
+        if on_merged is not None:                       # e.g. a bench measuring what the guard is about to judge
+            on_merged(self.G)
         after = score(self.G, self.M, held, mu, cfg, with_niqe=use_niqe)
         if probe is not None and math.isfinite(after.total):
             after.probe_psnr = probe_psnr(self.G, probe)

@@ -29,7 +29,7 @@ class ExportRequest:
     calib: Optional[np.ndarray] = None          # calibration crops (N,3,h,w)
     method: str = "mse"
     exclude: str = "auto"                       # auto | none | comma-separated node names
-    exclude_budget: int = 8
+    exclude_budget: int = 24
     qat_steps: int = 0
     workspace_gb: float = 2.0
     image_io: bool = False
@@ -135,7 +135,7 @@ def build_ort_int8(req: ExportRequest) -> Artifact:
 
 
 def auto_exclusions(dyn: Path, pre: Path, ranges: dict, calib: np.ndarray, method: str, budget: int, tmp: Path,
-                    log: Callable[[str], None], rounds: int = 2) -> tuple[list[str], float]:
+                    log: Callable[[str], None], rounds: int = 3) -> tuple[list[str], float]:
     """Nodes to keep in float, chosen by linearised sensitivity on two small crops of the calibration frames.
 
     ``rounds`` > 1 re-measures after keeping the first picks in float (the error then spreads differently) and

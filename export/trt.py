@@ -75,6 +75,9 @@ def gpu_info() -> Optional[dict]:
     return None
 
 
+_RUNTIMES: list = []
+
+
 class _Logger:
     """Collects TensorRT's warnings and errors so a failed build says why in one line."""
 
@@ -89,7 +92,7 @@ class _Logger:
                 base.__init__(self)
 
             def log(self, severity, msg):
-                if severity <= trt.ILogger.Severity.WARNING:
+                if int(severity) <= int(trt.ILogger.Severity.WARNING):
                     outer.messages.append(str(msg))
 
         self.logger = L()
@@ -241,7 +244,7 @@ def load_engine(engine_path: str | Path):
     engine = runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
     if engine is None:
         raise NeurmapError(f"{engine_path}: TensorRT could not load it ({'; '.join(log.messages[-2:])[:200]})")
-    engine._neurmap_runtime = runtime  # keep the runtime alive as long as the engine
+    _RUNTIMES.append(runtime)  # a runtime must outlive the engines it deserialised
     return engine, side
 
 

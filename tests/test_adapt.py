@@ -243,6 +243,28 @@ def test_ort_hot_swap_between_frames(nets, exported):
     assert np.abs(y_new - y_old).max() > 1e-3
 
 
+def test_ort_swap_falls_back_to_re_export_when_a_tensor_cannot_be_patched(nets, exported, monkeypatch):
+    from neurmap.edge_runtime import hotswap
+    from neurmap.edge_runtime.backends import load_backend
+
+    G0, _ = nets
+    backend = load_backend(exported)
+    swap = hotswap.swapper_for(backend, exported, model=G0)       # OrtSwap with a re-export fallback
+
+    def unpatchable(*a, **k):
+        raise KeyError("folded by the exporter")
+    monkeypatch.setattr(hotswap, "patch_onnx_initializers", unpatchable)
+    new = perturbed_state(G0)
+    ref = clone_model(G0)
+    ref.net.load_state_dict(new)
+    swap.submit(new)
+    x = np.random.default_rng(3).random((1, 3, 16, 24), dtype=np.float32)
+    y = backend.infer(x)
+    assert swap.reexports == 1 and swap.swaps == 1
+    with torch.no_grad():
+        np.testing.assert_allclose(y, ref(torch.from_numpy(x)).numpy(), atol=1e-3, rtol=1e-3)
+
+
 def test_onnx_patch_refuses_an_unmapped_changed_tensor_and_maps_back(nets, exported):
     import onnx
 

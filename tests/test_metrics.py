@@ -234,3 +234,15 @@ def test_niqe_gopro_pair():
     assert nb - ns > 1.0
     # a tensor gives the same value as the array
     assert niqe(torch.from_numpy(sharp.transpose(2, 0, 1).copy()).float(), params=params) == pytest.approx(ns, abs=1e-9)
+
+
+def test_lpips_cached_under_inference_mode_still_differentiable():
+    """eval builds LPIPS under inference_mode; a later loss use must still get gradients."""
+    import importlib
+    lp = importlib.import_module("neurmap.core.metrics.lpips")
+    lp._CACHE.clear()
+    with torch.inference_mode():
+        net = lp.load_lpips_alex()
+    x = torch.rand(1, 3, 64, 64, requires_grad=True)
+    lp.lpips_per_image(x, torch.rand(1, 3, 64, 64), net=net).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()

