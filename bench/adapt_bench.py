@@ -120,7 +120,6 @@ def train(out: Path = DEFAULT_OUT, seconds: float = 600.0, max_steps: int = 1200
           batch: int = 8, lr: float = 1e-3, seed: int = 0, init: Path | None = None) -> dict:
     from neurmap.core.checkpoint import atomic_write
     from neurmap.core.models import build_network
-    from neurmap.core.models.wrapper import MotionModel
 
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)

@@ -146,7 +146,8 @@ def main() -> None:
                 rows["dmphn_1_2_4"]["heldout_psnr"] = cached
                 notes.append("DMPHN 1-2-4 held-out PSNR from bench/results/compact_training.json (same pairs)")
             else:
-                rows["dmphn_1_2_4"]["heldout_psnr"] = round(td.evaluate_psnr(models["dmphn_1_2_4"][0], blurry, sharp), 3)
+                p = td.evaluate_psnr(models["dmphn_1_2_4"][0], blurry, sharp)
+                rows["dmphn_1_2_4"]["heldout_psnr"] = round(p, 3)
     blurry_psnr = round(td.input_psnr(blurry, sharp), 3)
 
     out_rows = list(rows.values())

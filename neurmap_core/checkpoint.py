@@ -20,7 +20,7 @@ from torch import nn
 
 from .errors import CheckpointError
 from .models import MODELS, build_network
-from .models.wrapper import DeblurModel, MotionModel
+from .models.wrapper import DeblurModel, MotionModel, to_channels_last
 
 FORMAT = "neurmap-weights/1"
 SHIPPED_DIR = Path(__file__).resolve().parent / "weights"
@@ -158,7 +158,7 @@ def _load_official_dmphn(folder: Path) -> tuple[DeblurModel, dict]:
     meta = {"format": "official-dmphn", "architecture": arch, "input_range": OFFICIAL_DMPHN_RANGE,
             "pad_multiple": net.pad_multiple, "weights_hash": weights_hash(state),
             "provenance": {"source": str(folder), "origin": "official DMPHN per-level weights"}}
-    return DeblurModel(net, OFFICIAL_DMPHN_RANGE, arch).eval(), meta
+    return to_channels_last(DeblurModel(net, OFFICIAL_DMPHN_RANGE, arch).eval()), meta
 
 
 def resolve_weights(path_or_name: str | Path) -> Path:
@@ -195,7 +195,7 @@ def load_weights(path_or_name: str | Path, arch: str | None = None) -> tuple[Deb
         net = build_network(arch)
         load_state_strict(net, state, arch, str(p))
         meta.setdefault("provenance", {}).setdefault("source", str(p))
-        return DeblurModel(net, meta["input_range"], arch).eval(), meta
+        return to_channels_last(DeblurModel(net, meta["input_range"], arch).eval()), meta
     state = safe_torch_load(p)
     found = arch or detect_architecture(state)
     if found is None:
@@ -206,7 +206,7 @@ def load_weights(path_or_name: str | Path, arch: str | None = None) -> tuple[Deb
     rng = OFFICIAL_DMPHN_RANGE if found.startswith("dmphn") else "0,1"
     meta = {"format": "state-dict", "architecture": found, "input_range": rng, "pad_multiple": net.pad_multiple,
             "weights_hash": weights_hash(state), "provenance": {"source": str(p)}}
-    return DeblurModel(net, rng, found).eval(), meta
+    return to_channels_last(DeblurModel(net, rng, found).eval()), meta
 
 
 def load_motion(path_or_name: str | Path) -> MotionModel:
@@ -228,4 +228,4 @@ def load_motion(path_or_name: str | Path) -> MotionModel:
     else:
         state = safe_torch_load(p)
     load_state_strict(net, state, "motion", str(p))
-    return MotionModel(net).eval()
+    return to_channels_last(MotionModel(net).eval())

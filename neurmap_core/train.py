@@ -57,7 +57,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"                     # auto | cpu | cuda
     precision: str = "auto"                  # auto | fp32 | bf16 | fp16
-    channels_last: bool = False
+    channels_last: bool = True              # measured 1.2x per iteration on CPU (bench/train_step.py)
     tensorboard: bool = True
     paired_only: bool = False                # baseline: content loss on the paired data only
 

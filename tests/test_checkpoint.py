@@ -62,8 +62,10 @@ def test_safetensors_roundtrip_with_motion_and_metadata(tmp_path):
     g2, meta2 = load_weights(path)
     m2 = load_motion(path)
     x = torch.rand(1, 3, 40, 40)
-    with torch.no_grad():
-        assert torch.equal(g(x), g2(x)) and torch.equal(m(x), m2(x))
+    assert all(torch.equal(a, b) for a, b in zip(g.state_dict().values(), g2.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), m2.state_dict().values()))
+    with torch.no_grad():  # loaded models run channels-last: same weights, kernel rounding only
+        assert torch.allclose(g(x), g2(x), atol=1e-4, rtol=1e-4) and torch.allclose(m(x), m2(x), atol=1e-4, rtol=1e-4)
     assert not list(tmp_path.glob("*.tmp")), "atomic write left a temp file"
 
 

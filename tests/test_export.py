@@ -130,7 +130,7 @@ def test_ort_int8_official_weights(dyn_onnx, tmp_path):
     from neurmap.export.ort_quant import (QuantConfig, collect_histograms, prepare, quantize_int8,
                                           ranges_from_histograms)
 
-    cal, _ = _gopro_crops(6, 64, tmp=tmp_path)
+    cal, _ = _gopro_crops(4, 64, tmp=tmp_path)
     ev, _ = _gopro_crops(2, 64, seed=3, frame_range=(70, 120), tmp=tmp_path)
     pre = prepare(dyn_onnx, tmp_path / "pre.onnx")
     hists = collect_histograms(pre, cal.blurry)
