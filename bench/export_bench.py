@@ -1,6 +1,8 @@
 """Export acceptance bench (issue 4): ORT INT8 vs PyTorch eager FP32 on the official DMPHN 1-2-4 weights.
 
-Runs with no arguments; prints a table and writes ``bench/results/export.json``.
+Runs with no arguments; prints a table and writes ``bench/results/export.json``. On 2 loaded shared cores the
+first run takes ~20 min (histograms, sensitivity search, 720p eager timing at ~35-60 s a frame); histograms and
+the chosen float nodes are cached, so reruns take ~10 min; ``--skip-ablation --no-720p`` takes ~4 min.
 
 Protocol
 - Weights: official DMPHN 1-2-4 (``../shared/data/pretrained/dmphn_1_2_4``).
@@ -54,6 +56,8 @@ def main() -> None:
     ap.add_argument("--no-720p", action="store_true", help="time at 640x360 only")
     ap.add_argument("--skip-ablation", action="store_true", help="only naive and final recipes")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-cache", action="store_true", help="recompute histograms and the sensitivity search "
+                    "(cached in ~/.cache/neurmap/bench by calibration frames + weights)")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
 
@@ -101,8 +105,18 @@ def main() -> None:
 
         log("activation histograms (one pass; every range method reads them)")
         t = time.perf_counter()
-        hists = collect_histograms(pre, cal.blurry)
-        hists8 = collect_histograms(pre, cal.blurry[np.linspace(0, len(cal) - 1, 8).astype(int)])
+        import hashlib
+        import pickle
+        key = hashlib.sha256(cal.blurry.tobytes() + meta["weights_hash"].encode()).hexdigest()[:16]
+        cache = Path(os.environ.get("NEURMAP_CACHE", Path.home() / ".cache" / "neurmap")) / "bench" / f"hist-{key}.pkl"
+        if cache.exists() and not args.no_cache:
+            hists, hists8 = pickle.loads(cache.read_bytes())
+            result["calibration"]["histograms_cached"] = True
+        else:
+            hists = collect_histograms(pre, cal.blurry)
+            hists8 = collect_histograms(pre, cal.blurry[np.linspace(0, len(cal) - 1, 8).astype(int)])
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_bytes(pickle.dumps((hists, hists8)))
         result["calibration"]["histogram_seconds"] = round(time.perf_counter() - t, 1)
 
         def variant(name, method, h, exclude=(), frames=len(cal), note=""):
@@ -133,7 +147,13 @@ def main() -> None:
         log("sensitivity search for nodes to keep in float")
         t = time.perf_counter()
         ranges = ranges_from_histograms(hists, "mse")
-        excl, share = auto_exclusions(dyn, pre, ranges, cal.blurry, "mse", args.budget, tmp, log)
+        ex_cache = cache.with_name(f"excl-{key}-{args.budget}.json")
+        if ex_cache.exists() and not args.no_cache:
+            excl = json.loads(ex_cache.read_text())
+            result["sensitivity_cached"] = True
+        else:
+            excl, share = auto_exclusions(dyn, pre, ranges, cal.blurry, "mse", args.budget, tmp, log)
+            ex_cache.write_text(json.dumps(excl))
         result["sensitivity_seconds"] = round(time.perf_counter() - t, 1)
         final = variant(f"mse_24_float{args.budget}", "mse", hists, exclude=excl,
                         note=f"sensitive nodes kept in float (conv budget {args.budget}, 3 rounds)")
