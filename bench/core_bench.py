@@ -8,7 +8,6 @@ motion net 0.05 s.
 from __future__ import annotations
 
 import argparse
-import contextlib
 
 import torch
 import torch.nn.functional as F

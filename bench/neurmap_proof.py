@@ -13,7 +13,6 @@ import argparse
 import time
 from pathlib import Path
 
-import torch
 from torch.utils.data import Subset
 
 from common import report

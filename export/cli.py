@@ -5,7 +5,6 @@ The lead's ``neurmap/cli.py`` calls :func:`register` to add the three commands.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Optional
 

@@ -7,10 +7,8 @@ that stops and resumes takes bit-for-bit the same path as one that never stopped
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import json
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -344,7 +342,7 @@ class Trainer:
             if cfg.channels_last:
                 batch = [b.contiguous(memory_format=torch.channels_last) for b in batch]
             losses = self.step.content_only(*batch[:2]) if cfg.paired_only else self.step(*batch)
-            for s in self.scheds:
+            for s in self.scheds[:1] if cfg.paired_only else self.scheds:  # M, D idle in paired-only
                 s.step()
             done = it + 1
             if self.is_main and (done % cfg.checkpoint_every == 0 or done == cfg.iterations):
