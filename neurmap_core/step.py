@@ -108,15 +108,20 @@ class NeurMAPStep:
             opt.step()
 
     def __call__(self, paired_blurry: torch.Tensor, paired_sharp: torch.Tensor,
-                 unpaired_blurry: torch.Tensor, unpaired_sharp: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One iteration on a paired half (B_P, S_P) and an unpaired half (B_U, independent sharp S_U)."""
+                 unpaired_blurry: torch.Tensor, unpaired_sharp: torch.Tensor,
+                 update_G: bool = True) -> dict[str, torch.Tensor]:
+        """One iteration on a paired half (B_P, S_P) and an unpaired half (B_U, independent sharp S_U).
+
+        ``update_G=False`` runs only the motion-net and discriminator steps (G frozen): the warm-up that
+        lets a fresh M and D learn from the starting G before their gradients reach it.
+        """
         n_p = paired_blurry.shape[0]
         blurry = torch.cat((paired_blurry, unpaired_blurry))
         sharp = torch.cat((paired_sharp, unpaired_sharp))
         n = blurry.shape[0]
         out: dict[str, torch.Tensor] = {}
 
-        with self.autocast():
+        with self.autocast(), torch.set_grad_enabled(update_G and torch.is_grad_enabled()):
             deblurred = self.G(blurry)                          # Ŝ, graph kept for G's step
         fake = deblurred.detach().float()
 
@@ -145,6 +150,10 @@ class NeurMAPStep:
         out["D"] = L.discriminator_loss([d[:n].float() for d in d_out], [d[n:].float() for d in d_out])
         self._check_finite(out, "discriminator")
         self._update(out["D"], self.opt_D, self.D, clip=False)
+        if not update_G:
+            if self.scaler is not None:
+                self.scaler.update()
+            return {k: v.detach() for k, v in out.items()}
 
         # --- deblur-net step (M and D frozen; m_rel is a constant) --------------------------------
         with frozen(self.M, self.D):

@@ -38,7 +38,8 @@ class TrainConfig:
     init_weights: str | None = None          # checkpoint, official DMPHN folder or shipped name
     init_motion: str | None = None           # a checkpoint carrying a motion net
     output_dir: str = "runs/neurmap"
-    iterations: int = 1000
+    iterations: int = 1000                   # deblur-net (G) iterations
+    warmup_iterations: int = 0               # before them: M and D steps only, G frozen (see Trainer)
     batch_paired: int = 2
     batch_unpaired: int = 2
     crop: int = 256
@@ -296,10 +297,11 @@ class Trainer:
         self.step = NeurMAPStep(*nets, weights=LossWeights.from_dict(cfg.loss_weights), lr_G=cfg.lr_G,
                                 lr_M=cfg.lr_M, lr_D=cfg.lr_D, grad_clip=cfg.grad_clip,
                                 autocast=self.rt.autocast, scaler=self.rt.scaler)
-        total = max(cfg.iterations, 1)
-        decay = lambda it: max(0.0, 1.0 - it / total)  # linear to 0 at the end, each net on its own lr
-        self.scheds = [torch.optim.lr_scheduler.LambdaLR(o, decay)
-                       for o in (self.step.opt_G, self.step.opt_M, self.step.opt_D)]
+        # each net decays linearly to 0 at the end on its own lr; G's schedule counts only its own steps
+        g_total, md_total = max(cfg.iterations, 1), max(self.total_iterations, 1)
+        self.scheds = [torch.optim.lr_scheduler.LambdaLR(self.step.opt_G, lambda i: max(0.0, 1.0 - i / g_total))]
+        self.scheds += [torch.optim.lr_scheduler.LambdaLR(o, lambda i: max(0.0, 1.0 - i / md_total))
+                        for o in (self.step.opt_M, self.step.opt_D)]
         self.sampler = BatchSampler(cfg, self.rt.rank, self.rt.world)
         self.start = 0
         if resume:
@@ -330,22 +332,37 @@ class Trainer:
     def is_main(self) -> bool:
         return self.rt.rank == 0
 
+    @property
+    def total_iterations(self) -> int:
+        """Warm-up (M and D only) + G iterations; the paired-only baseline has no M or D to warm up.
+
+        Why a warm-up: a freshly initialised M predicts almost no motion, so m_rel ≈ 0, R(Ŝ, 0) = Ŝ and the
+        reblur term asks for Ŝ = B (undo the deblurring); a fresh D likewise judges nothing useful yet.
+        """
+        return self.cfg.iterations + (0 if self.cfg.paired_only else self.cfg.warmup_iterations)
+
     def iterations(self) -> Iterator[tuple[int, dict[str, float]]]:
-        """Run to ``cfg.iterations``, yielding (iteration, losses, batch); checkpoints as configured."""
+        """Run to ``total_iterations``, yielding (iteration, losses, batch); checkpoints as configured."""
         cfg = self.cfg
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.json").write_text(json.dumps(cfg.as_dict(), indent=2))
         dev = self.rt.device
-        for it in range(self.start, cfg.iterations):
+        total, warmup = self.total_iterations, self.total_iterations - cfg.iterations
+        for it in range(self.start, total):
             batch = [b.to(dev, non_blocking=True) for b in self.sampler.batch(it)]
             if cfg.channels_last:
                 batch = [b.contiguous(memory_format=torch.channels_last) for b in batch]
-            losses = self.step.content_only(*batch[:2]) if cfg.paired_only else self.step(*batch)
-            for s in self.scheds[:1] if cfg.paired_only else self.scheds:  # M, D idle in paired-only
+            if cfg.paired_only:
+                losses, stepped = self.step.content_only(*batch[:2]), self.scheds[:1]  # M, D idle
+            elif it < warmup:
+                losses, stepped = self.step(*batch, update_G=False), self.scheds[1:]   # G frozen
+            else:
+                losses, stepped = self.step(*batch), self.scheds
+            for s in stepped:
                 s.step()
             done = it + 1
-            if self.is_main and (done % cfg.checkpoint_every == 0 or done == cfg.iterations):
+            if self.is_main and (done % cfg.checkpoint_every == 0 or done == total):
                 save_checkpoint(self.run_dir, done, self.step, self.scheds, cfg, cfg.keep_checkpoints)
             yield done, {k: float(v) for k, v in losses.items()}, batch
         if self.is_main:
@@ -398,14 +415,14 @@ def run_training(cfg: TrainConfig, resume: str | None = None, progress: bool = T
     log_path = trainer.run_dir / "log.jsonl"
     t0, n0 = time.perf_counter(), trainer.start
     with Progress(*cols, disable=not show, transient=False) as bar:
-        task = bar.add_task("train", total=cfg.iterations, completed=trainer.start, speed="", losses="")
+        task = bar.add_task("train", total=trainer.total_iterations, completed=trainer.start, speed="", losses="")
         try:
             for it, losses, batch in trainer.iterations():
                 rate = (it - n0) / max(time.perf_counter() - t0, 1e-9)
                 key = {k: losses[k] for k in ("G_total", "M_total", "D") if k in losses}
                 bar.update(task, completed=it, speed=f"{rate:.2f} it/s",
                            losses=" ".join(f"{k}={v:.3g}" for k, v in key.items()))
-                if trainer.is_main and (it % cfg.log_every == 0 or it == cfg.iterations):
+                if trainer.is_main and (it % cfg.log_every == 0 or it == trainer.total_iterations):
                     with open(log_path, "a") as f:
                         f.write(json.dumps({"iteration": it, **losses}) + "\n")
                     if writer is not None:

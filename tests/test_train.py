@@ -56,6 +56,33 @@ def test_resume_is_bit_exact(tmp_path):
     assert (tmp_path / "full" / "final.safetensors").exists()
 
 
+def test_warmup_trains_only_motion_and_discriminator_then_all(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path / "w", iterations=2, warmup_iterations=2, checkpoint_every=1))
+    start = weights(trainer)
+    gen = trainer.iterations()
+    warm = [next(gen)[1] for _ in range(2)]
+    after_warmup = weights(trainer)
+    assert all("G_total" not in losses and "M_total" in losses and "D" in losses for losses in warm)
+    changed = lambda a, b, net: any(not torch.equal(a[k], b[k]) for k in a if k.startswith(net + "."))
+    assert not changed(start, after_warmup, "G")
+    assert changed(start, after_warmup, "M") and changed(start, after_warmup, "D")
+    assert trainer.scheds[0].get_last_lr()[0] == trainer.cfg.lr_G  # G's decay has not started
+    rest = [losses for _, losses, _ in gen]
+    assert len(rest) == 2 and all("G_total" in losses for losses in rest)
+    assert changed(after_warmup, weights(trainer), "G")
+    assert trainer.scheds[0].get_last_lr()[0] == 0.0 and trainer.scheds[1].get_last_lr()[0] == 0.0
+    # stopped inside the warm-up and resumed: the same losses and weights as the uninterrupted run
+    half = Trainer(tiny_config(tmp_path / "h", iterations=2, warmup_iterations=2, checkpoint_every=1))
+    gen = half.iterations()
+    first = [next(gen)[1]]
+    gen.close()
+    resumed = Trainer(tiny_config(tmp_path / "h", iterations=2, warmup_iterations=2), resume=tmp_path / "h")
+    assert resumed.start == 1
+    assert first + run(resumed) == warm + rest
+    a, b = weights(trainer), weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_corrupt_newest_checkpoint_falls_back_to_previous(tmp_path):
     trainer = Trainer(tiny_config(tmp_path / "r"))
     run(trainer)
