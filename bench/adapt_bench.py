@@ -296,7 +296,7 @@ def bench_domain_shift(G0, M, steps: int, variants, log) -> dict:
     res["forward_G_plus_M_s"] = round(fwd, 3)
     for params, lr in variants:
         cfg = AdaptConfig(steps=steps, params=params, lr=lr, crop=96, batch=2, eval_crops=6, eval_crop=192,
-                          **LOSS_OVERRIDES)
+                          min_blur_px=0.0, **LOSS_OVERRIDES)     # measure the curve even where M sees no blur
         G = clone_model(G0)
         adapter = Adapter(G, M, cfg)
         curve = {0: res["psnr_unadapted"]}
@@ -340,7 +340,7 @@ def bench_real_stream(G0, M, params: str, lr: float, steps: int, log) -> dict:
     buf = FrameBuffer(capacity=len(buffered), holdout_every=4).extend(buffered)
     train_f, held_f = buf.snapshot()
     cfg = AdaptConfig(steps=steps, params=params, lr=lr, crop=96, batch=2, eval_crops=6, eval_crop=192,
-                      **LOSS_OVERRIDES)
+                      min_blur_px=0.0, **LOSS_OVERRIDES)
     G = clone_model(G0)
     adapter = Adapter(G, M, cfg)
     probe = clone_model(G0)
@@ -391,7 +391,8 @@ def bench_stream_fps(weights: str, M, log, size=(160, 96), n_frames: int = 24) -
             pipe = build_pipeline(d, weights, None, realtime=False)
             online = None
             if mode == "adapting":
-                cfg = AdaptConfig(steps=1000, params="lora", lr=5e-4, crop=64, batch=2, eval_crops=2, eval_crop=96)
+                cfg = AdaptConfig(steps=1000, params="lora", lr=5e-4, crop=64, batch=2, eval_crops=2, eval_crop=96,
+                                   min_blur_px=0.0)
                 online = OnlineAdapter(TorchSwap(pipe.backend), pipe.backend.model, M, cfg, every=1, min_new=2,
                                        capacity=8, max_rounds=1)
             s = pipe.run()

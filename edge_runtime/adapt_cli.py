@@ -59,6 +59,10 @@ def adapt(
                                      "as well as before (catches drift toward the identity)."),
     min_gain: float = typer.Option(0.002, "--min-gain", help="Accept only if the held-out score drops by this "
                                    "fraction."),
+    min_blur_px: float = typer.Option(1.0, "--min-blur-px", help="Skip adaptation when the motion net reads less "
+                                      "blur than this (mean px) in the held-out frames: sharp footage, or a motion "
+                                      "net that cannot see this camera's blur (the reblur loss would then only "
+                                      "pull the model toward its input). 0 always adapts."),
     eval_crop: int = typer.Option(192, "--eval-crop", help="Side of the held-out crops the guard scores."),
     eval_crops: int = typer.Option(8, "--eval-crops", help="Number of held-out crops the guard scores."),
     device: str = typer.Option("auto", "--device", help="auto (cuda if available), cpu, cuda."),
@@ -85,7 +89,7 @@ def adapt(
         raise typer.BadParameter(f"--mu-sharp {mu_sharp!r}: 'auto' or a number") from None
     cfg = AdaptConfig(steps=steps, params=params, lr=lr if lr is not None else default_lr(params), crop=crop,
                       batch=batch, mu_sharp=mu, niqe_guard=niqe_guard, probe_guard=probe_guard, min_gain=min_gain,
-                      device=device, seed=seed, eval_crop=eval_crop, eval_crops=eval_crops)
+                      min_blur_px=min_blur_px, device=device, seed=seed, eval_crop=eval_crop, eval_crops=eval_crops)
     cfg.parts()
     target = Path(out) if out else default_out(weights, source)
     w = Path(weights)

@@ -13,7 +13,9 @@ consistency and motion-net sharpness, must drop; NIQE of the held-out outputs mu
 deblurring probe (the held-out outputs re-blurred with random camera shake must be restored at least as
 well as before) must not drop — the objective alone can be lowered by drifting toward the identity when
 the motion net underestimates the blur, which the probe catches. Otherwise the round is rolled back to
-bit-identical original tensors.
+bit-identical original tensors. A round is skipped before any step when M reads less than ``min_blur_px``
+of blur in the held-out frames: then m_rel ≈ 0, R(Ŝ, 0) = Ŝ, and the objective is lowest at Ŝ = B
+(``bench/objective_check.py`` measures this), so steps could only undo deblurring.
 
 Parts
     :class:`AdaptConfig`   every knob, with the defaults the bench justifies
@@ -74,6 +76,7 @@ class AdaptConfig:
     niqe_tol: float = 0.0
     probe_guard: bool = True          # also require the deblurring regression probe not to drop (see probe_pairs)
     probe_tol_db: float = 0.0
+    min_blur_px: float = 1.0          # skip the round when M reads less blur than this in the held-out frames
     seed: int = 0
     device: str = "auto"              # "auto": cuda when available, else cpu
 
@@ -362,13 +365,14 @@ def adaptation_terms(G: nn.Module, M: nn.Module, blurry: torch.Tensor, mu_sharp:
     s_hat = G(blurry).float()
     if not torch.isfinite(s_hat.detach()).all():  # a diverged G: report an infinite loss, never crash M's checks
         inf = s_hat.new_tensor(float("inf"))
-        return {"reblur": inf, "sharp": inf, "tv": inf, "_s_hat": s_hat}
+        return {"reblur": inf, "sharp": inf, "tv": inf, "_s_hat": s_hat, "_blur_px": inf}
     with torch.no_grad():
         m_b = _motion(M, blurry)
     m_f = _motion(M, s_hat)                      # grads reach Ŝ through the frozen M
     m_rel = (m_b - m_f).detach()
     out = {"reblur": L.reblur_loss(reblur(s_hat, m_rel), blurry),
-           "sharp": L.sharpness_prior_loss(m_f, mu_sharp)}
+           "sharp": L.sharpness_prior_loss(m_f, mu_sharp),
+           "_blur_px": 20.0 * m_b.abs().mean()}     # the blur M reads in the input, in pixels
     if with_tv:
         out["tv"] = L.total_variation(s_hat)
     out["_s_hat"] = s_hat
@@ -422,6 +426,7 @@ class Score:
     sharp: float
     niqe: Optional[float] = None
     probe_psnr: Optional[float] = None
+    blur_px: Optional[float] = None     # mean |motion| M reads in the (blurry) held-out crops
 
     def as_dict(self) -> dict:
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
@@ -432,7 +437,7 @@ def score(G: nn.Module, M: nn.Module, crops: torch.Tensor, mu: torch.Tensor, cfg
           chunk: int = 2, with_niqe: bool = False) -> Score:
     """Held-out score (lower is better): the adaptation objective on fixed crops, by component; NIQE of the
     outputs laid side by side (crops of 96·k keep NIQE's blocks whole) when asked."""
-    rb = sh = tv = 0.0
+    rb = sh = tv = blur = 0.0
     outs = []
     n = crops.shape[0]
     for i in range(0, n, chunk):
@@ -442,6 +447,7 @@ def score(G: nn.Module, M: nn.Module, crops: torch.Tensor, mu: torch.Tensor, cfg
         rb += k * float(t["reblur"])
         sh += k * float(t["sharp"])
         tv += k * float(t.get("tv", 0.0))
+        blur += k * float(t["_blur_px"])
         if with_niqe:
             outs.append(t["_s_hat"].clamp(0, 1).cpu())
     total = cfg.w_reblur * rb + cfg.w_sharp * sh + cfg.w_tv * tv
@@ -450,7 +456,7 @@ def score(G: nn.Module, M: nn.Module, crops: torch.Tensor, mu: torch.Tensor, cfg
         from neurmap.core.metrics import niqe
         mosaic = torch.cat(list(torch.cat(outs)), dim=-1)     # (3, h, n·w)
         nq = float(niqe(mosaic))
-    return Score(total, rb, sh, nq)
+    return Score(total, rb, sh, nq, blur_px=blur)
 
 
 @torch.no_grad()
@@ -557,6 +563,15 @@ class Adapter:
         mu = self.mu
         use_niqe = cfg.niqe_guard and cfg.eval_crop >= 96      # NIQE works on whole 96x96 blocks
         before = score(self.G, self.M, held, mu, cfg, with_niqe=use_niqe)
+        if before.blur_px < cfg.min_blur_px:
+            # R(Ŝ, m_rel) with m_rel ≈ 0 is Ŝ itself: the reblur term would only pull G back toward its input
+            # (bench/objective_check.py), so no step is worth taking — sharp frames, or a motion net that
+            # cannot read this camera's blur.
+            reason = (f"skipped: the motion net reads {before.blur_px:.2f} px of blur in the held-out frames "
+                      f"(min_blur_px {cfg.min_blur_px:g}); either the frames are sharp or the motion net cannot "
+                      "see this blur — adapting would pull the model toward its input (use --motion)")
+            return RoundResult(False, reason, 0, before, None, time.perf_counter() - t_start, 0.0, [], 0,
+                               cfg.params, cfg.lr, [round(v, 5) for v in mu.tolist()])
         probe = probe_pairs(self.G, held, cfg.seed + self.rounds) if cfg.probe_guard else None
         if probe is not None:
             before.probe_psnr = probe_psnr(self.G, probe)

@@ -49,7 +49,8 @@ def one_thread():
 
 
 def tiny_cfg(**kw):
-    base = dict(steps=2, crop=16, batch=2, eval_crops=2, eval_crop=16, lr=1e-3, min_gain=ACCEPT, probe_guard=False)
+    base = dict(steps=2, crop=16, batch=2, eval_crops=2, eval_crop=16, lr=1e-3, min_gain=ACCEPT, probe_guard=False,
+                min_blur_px=0.0)
     base.update(kw)
     return AdaptConfig(**base)
 
@@ -128,6 +129,22 @@ def test_rollback_on_a_worse_score_is_bit_identical(nets):
         after = G.net.state_dict()
         assert all(torch.equal(before[k], after[k]) for k in before)
         assert all(not p.requires_grad for p in G.parameters())
+
+
+def test_round_is_skipped_when_the_motion_net_reads_no_blur(nets):
+    G, M = nets
+    blind = clone_model(M)
+    with torch.no_grad():
+        for p in blind.parameters():
+            p.zero_()                                  # reads 0 px of motion everywhere
+    model = clone_model(G)
+    before = snapshot(model)
+    _, res = run_round(model, blind, tiny_cfg(min_blur_px=1.0))
+    assert not res.accepted and res.steps == 0 and res.after is None
+    assert res.before.blur_px == 0.0 and "reads 0.00 px of blur" in res.reason
+    assert all(torch.equal(before[k], v) for k, v in snapshot(model).items())
+    # the same frames with the check off: steps are taken
+    assert run_round(clone_model(G), blind, tiny_cfg(min_blur_px=0.0))[1].steps == 2
 
 
 def test_accepted_weights_saved_atomically_with_provenance(nets, tmp_path, monkeypatch):
@@ -364,7 +381,8 @@ def test_cli_adapt_on_a_tiny_folder(nets, tmp_path):
     w = save_weights(tmp_path / "w.safetensors", G0, motion=M)
     digest = hashlib.sha256(w.read_bytes()).hexdigest()
     out = tmp_path / "w2.safetensors"
-    common = ["--steps", 2, "--crop", 16, "--batch", 1, "--eval-crop", 16, "--eval-crops", 2, "--no-probe-guard"]
+    common = ["--steps", 2, "--crop", 16, "--batch", 1, "--eval-crop", 16, "--eval-crops", 2, "--no-probe-guard",
+              "--min-blur-px", 0]
     r = cli("adapt", folder, "--weights", w, "--out", out, "--min-gain", ACCEPT, *common)
     assert r.exit_code == 0, r.output
     assert '"accepted": true' in r.output and out.exists()
@@ -391,7 +409,7 @@ def test_cli_run_with_adapt_reports_the_adapter(nets, tmp_path):
     w = save_weights(tmp_path / "w.safetensors", G0, motion=M)
     out = tmp_path / "online.safetensors"
     opts = (f"steps=2,crop=16,batch=1,eval_crop=16,eval_crops=2,min_gain={ACCEPT},probe_guard=false,every=1,"
-            f"min_new=4,rounds=1,"
+            f"min_blur_px=0,min_new=4,rounds=1,"
             f"out={out}")
     r = cli("run", folder, "--engine", w, "--loop", "--max-frames", 30, "--input-rate", 10, "--quiet",
             "--adapt", "--adapt-opts", opts)
