@@ -66,6 +66,8 @@ def adapt(
     eval_crop: int = typer.Option(192, "--eval-crop", help="Side of the held-out crops the guard scores."),
     eval_crops: int = typer.Option(8, "--eval-crops", help="Number of held-out crops the guard scores."),
     device: str = typer.Option("auto", "--device", help="auto (cuda if available), cpu, cuda."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for the adaptation steps "
+                                          "(default: PyTorch's; on a small shared CPU, 1 avoids oversubscription)."),
     seed: int = typer.Option(0, "--seed"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the result as JSON here."),
 ) -> None:
@@ -81,6 +83,9 @@ def adapt(
 
     from .adaptation import AdaptConfig, Adapter, FrameBuffer, default_lr, default_out, resolve_motion, save_adapted
 
+    if threads:
+        import torch
+        torch.set_num_threads(threads)
     if steps < 1 or crop < 8 or batch < 1 or max_frames < 2:
         raise typer.BadParameter("--steps, --batch >= 1, --crop >= 8 and --max-frames >= 2")
     try:

@@ -382,7 +382,8 @@ def test_cli_adapt_on_a_tiny_folder(nets, tmp_path):
     digest = hashlib.sha256(w.read_bytes()).hexdigest()
     out = tmp_path / "w2.safetensors"
     common = ["--steps", 2, "--crop", 16, "--batch", 1, "--eval-crop", 16, "--eval-crops", 2, "--no-probe-guard",
-              "--min-blur-px", 0]
+              "--min-blur-px", 0,
+              "--threads", 1]
     r = cli("adapt", folder, "--weights", w, "--out", out, "--min-gain", ACCEPT, *common)
     assert r.exit_code == 0, r.output
     assert '"accepted": true' in r.output and out.exists()
