@@ -52,6 +52,8 @@ def main() -> None:
     ap.add_argument("--calib-frames", type=int, default=24)
     ap.add_argument("--eval-crops", type=int, default=6)
     ap.add_argument("--budget", type=int, default=24, help="convs kept in float by the sensitivity search")
+    ap.add_argument("--frontier", default="", help="comma list of further float-conv budgets to score and time "
+                    "(the speed/quality trade-off), e.g. 6,12,18")
     ap.add_argument("--runs", type=int, default=2, help="timed runs per row and resolution (best is kept)")
     ap.add_argument("--no-720p", action="store_true", help="time at 640x360 only")
     ap.add_argument("--skip-ablation", action="store_true", help="only naive and final recipes")
@@ -147,27 +149,38 @@ def main() -> None:
         log("sensitivity search for nodes to keep in float")
         t = time.perf_counter()
         ranges = ranges_from_histograms(hists, "mse")
-        ex_cache = cache.with_name(f"excl-{key}-{args.budget}.json")
-        if ex_cache.exists() and not args.no_cache:
-            excl = json.loads(ex_cache.read_text())
-            result["sensitivity_cached"] = True
-        else:
-            excl, share = auto_exclusions(dyn, pre, ranges, cal.blurry, "mse", args.budget, tmp, log)
+
+        def exclusions(budget: int) -> list[str]:
+            ex_cache = cache.with_name(f"excl-{key}-{budget}.json")
+            if ex_cache.exists() and not args.no_cache:
+                result["sensitivity_cached"] = True
+                return json.loads(ex_cache.read_text())
+            excl, _ = auto_exclusions(dyn, pre, ranges, cal.blurry, "mse", budget, tmp, log)
             ex_cache.write_text(json.dumps(excl))
+            return excl
+
+        excl = exclusions(args.budget)
         result["sensitivity_seconds"] = round(time.perf_counter() - t, 1)
         final = variant(f"mse_24_float{args.budget}", "mse", hists, exclude=excl,
                         note=f"sensitive nodes kept in float (conv budget {args.budget}, 3 rounds)")
         result["final"] = {k: v for k, v in final.items() if k != "path"}
+        frontier = [variant(f"mse_24_float{b}", "mse", hists, exclude=exclusions(b), note=f"frontier: conv budget {b}")
+                    for b in sorted({int(b) for b in args.frontier.split(",") if b} - {args.budget})]
 
         sizes = [(360, 640)] + ([] if args.no_720p else [(720, 1280)])
-        rows = [("pytorch eager fp32", None), ("ort fp32", pre), ("ort int8 naive", naive["path"]),
-                ("ort int8 mse", mse["path"]), ("ort int8 final", final["path"])]
+        rows = [("pytorch eager fp32", None), ("pytorch eager fp32 contiguous", "contiguous"), ("ort fp32", pre),
+                ("ort int8 naive", naive["path"]), ("ort int8 mse", mse["path"]), ("ort int8 final", final["path"])]
+        rows += [(f"ort int8 {v['name']}", v["path"]) for v in frontier]
+        import copy
+        contiguous = copy.deepcopy(model).to(memory_format=torch.contiguous_format)  # how the official code runs
         for h, w in sizes:
             x = np.random.default_rng(0).random((1, 3, h, w), dtype=np.float32)
             runners = {}
             for name, path in rows:
-                if path is None:
+                if path is None:      # our loaded models are channels-last (bench/core_bench.py: 1.5x faster)
                     runners[name] = lambda a: model(torch.from_numpy(a))
+                elif path == "contiguous":
+                    runners[name] = lambda a: contiguous(torch.from_numpy(a))
                 else:
                     s = onnx_session(path, threads=args.threads)
                     runners[name] = (lambda s: lambda a: s.run(None, {"blurry": a}))(s)
