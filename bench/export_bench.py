@@ -13,7 +13,9 @@ Protocol
   from every calibration frame — against the sharp middle frame (PSNR on 8-bit-quantised images, per image mean).
 - Float reference: ONNX Runtime FP32 outputs (checked equal to PyTorch eager to ~1e-5 on the first crop).
 - Ablation of INT8 recipes (all static QDQ, U8 activations / S8 per-channel weights): naive MinMax on 8 frames,
-  MinMax / Percentile / Entropy / MSE ranges on 24 frames, then MSE + sensitive nodes kept in float.
+  MinMax / Percentile (99.99, 99.999) / Entropy / MSE ranges on 24 frames, then the shipped recipe: 99.999th-percentile
+  ranges + the ``--budget`` most sensitive convs kept in float; ``--frontier`` adds other budgets (MSE and
+  percentile ranges) to show the speed/quality trade-off.
 - Speed: 1 x 3 x H x W at 640x360 and 1280x720, PyTorch eager FP32 vs ORT FP32 vs ORT INT8 (naive and final
   recipe), runs interleaved, best of ``--runs``; the machine's load average is recorded with every timing
   (2 shared cores: compare the ratios within one run).
@@ -51,7 +53,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--calib-frames", type=int, default=24)
     ap.add_argument("--eval-crops", type=int, default=6)
-    ap.add_argument("--budget", type=int, default=24, help="convs kept in float by the sensitivity search")
+    ap.add_argument("--budget", type=int, default=12, help="convs kept in float by the sensitivity search")
     ap.add_argument("--frontier", default="", help="comma list of further float-conv budgets to score and time "
                     "(the speed/quality trade-off), e.g. 6,12,18")
     ap.add_argument("--runs", type=int, default=2, help="timed runs per row and resolution (best is kept)")
@@ -121,9 +123,9 @@ def main() -> None:
             cache.write_bytes(pickle.dumps((hists, hists8)))
         result["calibration"]["histogram_seconds"] = round(time.perf_counter() - t, 1)
 
-        def variant(name, method, h, exclude=(), frames=len(cal), note=""):
+        def variant(name, method, h, exclude=(), frames=len(cal), note="", percentile=99.999):
             t0 = time.perf_counter()
-            ranges = ranges_from_histograms(h, method)
+            ranges = ranges_from_histograms(h, method, percentile)
             q = quantize_int8(dyn, tmp / f"{name}.onnx", None, QuantConfig(method=method, exclude=list(exclude)),
                               ranges=ranges)
             s = onnx_session(q.path, threads=args.threads)
@@ -143,29 +145,35 @@ def main() -> None:
         naive = variant("naive_minmax_8", "minmax", hists8, frames=8, note="the anchors' naive recipe")
         if not args.skip_ablation:
             variant("minmax_24", "minmax", hists)
-            variant("percentile_24", "percentile", hists, note="99.99th percentile, two-sided")
+            variant("percentile_24", "percentile", hists, note="99.99th percentile, two-sided", percentile=99.99)
+            variant("percentile99.999_24", "percentile", hists, note="99.999th percentile, two-sided")
             variant("entropy_24", "entropy", hists, note="ORT KL threshold search on a 512-bin histogram")
         mse = variant("mse_24", "mse", hists)
         log("sensitivity search for nodes to keep in float")
         t = time.perf_counter()
-        ranges = ranges_from_histograms(hists, "mse")
 
-        def exclusions(budget: int) -> list[str]:
-            ex_cache = cache.with_name(f"excl-{key}-{budget}.json")
+        def exclusions(method: str, budget: int) -> list[str]:
+            ex_cache = cache.with_name(f"excl-{key}-{method}-{budget}.json")
             if ex_cache.exists() and not args.no_cache:
                 result["sensitivity_cached"] = True
                 return json.loads(ex_cache.read_text())
-            excl, _ = auto_exclusions(dyn, pre, ranges, cal.blurry, "mse", budget, tmp, log)
+            ranges = ranges_from_histograms(hists, method)
+            excl, _ = auto_exclusions(dyn, pre, ranges, cal.blurry, method, budget, tmp, log)
             ex_cache.write_text(json.dumps(excl))
             return excl
 
-        excl = exclusions(args.budget)
-        result["sensitivity_seconds"] = round(time.perf_counter() - t, 1)
-        final = variant(f"mse_24_float{args.budget}", "mse", hists, exclude=excl,
+        # the shipped recipe (neurmap export's defaults): 99.999th-percentile ranges + sensitive convs in float
+        final = variant(f"percentile99.999_float{args.budget}", "percentile", hists,
+                        exclude=exclusions("percentile", args.budget),
                         note=f"sensitive nodes kept in float (conv budget {args.budget}, 3 rounds)")
+        result["sensitivity_seconds"] = round(time.perf_counter() - t, 1)
         result["final"] = {k: v for k, v in final.items() if k != "path"}
-        frontier = [variant(f"mse_24_float{b}", "mse", hists, exclude=exclusions(b), note=f"frontier: conv budget {b}")
-                    for b in sorted({int(b) for b in args.frontier.split(",") if b} - {args.budget})]
+        budgets = sorted({int(b) for b in args.frontier.split(",") if b})
+        frontier = [variant(f"mse_24_float{b}", "mse", hists, exclude=exclusions("mse", b),
+                            note=f"frontier, MSE ranges: conv budget {b}") for b in budgets]
+        frontier += [variant(f"percentile99.999_float{b}", "percentile", hists, exclude=exclusions("percentile", b),
+                             note=f"frontier, 99.999th-percentile ranges: conv budget {b}")
+                     for b in budgets if b != args.budget]
 
         sizes = [(360, 640)] + ([] if args.no_720p else [(720, 1280)])
         rows = [("pytorch eager fp32", None), ("pytorch eager fp32 contiguous", "contiguous"), ("ort fp32", pre),

@@ -27,9 +27,9 @@ class ExportRequest:
     shapes: list[tuple[int, int]]               # one for static; several: Core ML enumerated / TRT profile
     dynamic: bool = False
     calib: Optional[np.ndarray] = None          # calibration crops (N,3,h,w)
-    method: str = "mse"
+    method: str = "percentile"          # 99.999th: see export/ort_quant.py and bench/results/export.json
     exclude: str = "auto"                       # auto | none | comma-separated node names
-    exclude_budget: int = 24
+    exclude_budget: int = 12
     qat_steps: int = 0
     workspace_gb: float = 2.0
     image_io: bool = False

@@ -148,9 +148,10 @@ def prepare_onnx_for_trt(onnx_path: Path, precision: str, out_dir: Path, calib=N
             mo_quantize(onnx_path=str(onnx_path), quantize_mode="int8", calibration_data=np.asarray(calib, np.float32),
                         calibration_method="entropy", output_path=str(out), calibration_eps=["cuda:0", "cpu"])
             return out
-        # ONNX Runtime fallback: symmetric S8 activations and weights (zero points 0, as TensorRT requires)
+        # ONNX Runtime fallback: symmetric S8 activations and weights (zero points 0, as TensorRT requires);
+        # 99.999th-percentile ranges, as for ORT INT8 (MSE ranges clip the highlights a deblur net needs)
         return quantize_int8(onnx_path, out, np.asarray(calib, np.float32),
-                             QuantConfig(method="mse", activation="s8", weight="s8")).path
+                             QuantConfig(method="percentile", activation="s8", weight="s8")).path
     raise NeurmapError(f"TensorRT precision {precision!r}: use fp32, fp16 or int8")
 
 
