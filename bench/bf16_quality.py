@@ -47,6 +47,7 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=40)
     ap.add_argument("--crop", type=int, default=128)
     ap.add_argument("--out", default="runs/bf16_quality")
+    ap.add_argument("--seed", type=int, default=0, help="training seed (crops, flips); results go to bf16_quality_seedN.json when not 0")
     args = ap.parse_args()
     rows = []
     cfg = config(Path(args.out) / "grad", False, argparse.Namespace(iterations=1, crop=args.crop, precision="fp32"))
@@ -63,8 +64,9 @@ def main() -> None:
     rows.append({"run": "official DMPHN 1-2-4 (start)", **score(SHARED / "pretrained" / "dmphn_1_2_4", kernel, car)})
     timing = {}
     for precision in ("fp32", "bf16"):
-        out = Path(args.out) / precision
+        out = Path(args.out) / f"{precision}_seed{args.seed}"
         run_cfg = config(out, True, argparse.Namespace(iterations=args.iterations, crop=args.crop, precision=precision))
+        run_cfg.seed = args.seed
         t = time.perf_counter()
         run_training(run_cfg, progress=False)
         timing[precision] = round(time.perf_counter() - t, 1)
@@ -72,7 +74,7 @@ def main() -> None:
                      **score(out / "final.safetensors", kernel, car), "train_s": timing[precision]})
         print(rows[-1])
     diff = {k: rows[2][k] - rows[1][k] for k in ("psnr", "ssim", "lpips", "niqe_car")}
-    report("bf16_quality", rows, {"settings": vars(args), "gradient_agreement": agreement,
+    report("bf16_quality" + (f"_seed{args.seed}" if args.seed else ""), rows, {"settings": vars(args), "gradient_agreement": agreement,
                                   "bf16_minus_fp32": diff, "train_seconds": timing})
 
 
