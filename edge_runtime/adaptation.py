@@ -36,7 +36,7 @@ import re
 import threading
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neurmap.core.errors import NeurmapError
+from neurmap.core.errors import NeurmapError, from_known_keys
 
 PARAM_SETS = ("lora", "bias", "last", "all")
 
@@ -82,11 +82,7 @@ class AdaptConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "AdaptConfig":
-        names = {f.name for f in fields(cls)}
-        bad = set(d) - names
-        if bad:
-            raise NeurmapError(f"unknown adaptation option(s) {sorted(bad)}; known: {sorted(names)}")
-        return cls(**d)
+        return from_known_keys(cls, d, "adaptation option(s)")
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -324,15 +320,15 @@ class TrainableSet:
 
     def finish(self) -> None:
         """Merge adapters into the weights and make every parameter frozen again."""
-        if self.lora is not None:
-            self.lora.merge()
-            self.lora = None
-        for p in self.net.parameters():
-            p.requires_grad_(False)
+        self._end(merge=True)
 
     def discard(self) -> None:
+        """Drop the adapters (weights as before them) and freeze every parameter again."""
+        self._end(merge=False)
+
+    def _end(self, merge: bool) -> None:
         if self.lora is not None:
-            self.lora.remove()
+            self.lora.merge() if merge else self.lora.remove()
             self.lora = None
         for p in self.net.parameters():
             p.requires_grad_(False)

@@ -11,3 +11,18 @@ class InputError(NeurmapError, ValueError):
 
 class CheckpointError(NeurmapError):
     """A weights file that is missing, unsafe, corrupt or of another architecture."""
+
+
+class ConfigError(NeurmapError, ValueError):
+    """An unknown or invalid setting in a config, override or option list."""
+
+
+def from_known_keys(cls, d: dict, what: str):
+    """``cls(**d)`` for a dataclass, refusing unknown keys in one line that lists the known ones."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ConfigError(f"unknown {what} {unknown}; known: {', '.join(sorted(names))}")
+    return cls(**d)

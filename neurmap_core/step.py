@@ -8,12 +8,13 @@ allows.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
 from . import losses as L
+from .errors import from_known_keys
 from .reblur import canonical_motion, reblur
 
 
@@ -40,11 +41,7 @@ class LossWeights:
 
     @classmethod
     def from_dict(cls, d: dict) -> "LossWeights":
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown loss weights {sorted(unknown)}; known: {sorted(names)}")
-        return cls(**d)
+        return from_known_keys(cls, d, "loss weights")
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -22,7 +22,7 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from . import data as D
 from .checkpoint import atomic_write, load_weights, save_weights
-from .errors import CheckpointError, NeurmapError
+from .errors import CheckpointError, NeurmapError, from_known_keys
 from .models import build_network
 from .models.wrapper import DeblurModel, MotionModel
 from .step import LossWeights, NeurMAPStep
@@ -62,11 +62,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise NeurmapError(f"unknown config keys {unknown}; known keys: {', '.join(sorted(names))}")
-        cfg = cls(**d)
+        cfg = from_known_keys(cls, d, "config keys")
         LossWeights.from_dict(cfg.loss_weights)  # validate early
         return cfg
 
