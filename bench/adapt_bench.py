@@ -191,7 +191,7 @@ def ensure(out: Path = DEFAULT_OUT) -> Path:
 # ================================================================================================ the bench
 SCENES = ("camera", "brick", "grass", "gravel", "coins", "moon", "hubble_deep_field", "retina")  # unseen by M
 EVAL_CROP = 128
-VARIANTS = [("lora", 5e-4), ("bias", 1e-4), ("last", 1e-4), ("all", 1e-5)]
+VARIANTS = [("lora", 5e-4), ("bias", 1e-4), ("last", 1e-4), ("all", 1e-5)]   # = default_lr
 LOSS_OVERRIDES: dict = {}
 
 
@@ -420,6 +420,8 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--w-reblur", type=float, default=None, help="override λ_G_reblur (pilots)")
     ap.add_argument("--w-sharp", type=float, default=None, help="override λ_G_f_sharp (pilots)")
     ap.add_argument("--lr-scale", type=float, default=1.0, help="scale every variant's lr (pilots)")
+    ap.add_argument("--lr", action="append", default=[], metavar="SET=LR",
+                    help="this parameter set's lr instead of the default (repeatable), e.g. bias=1e-3")
     ap.add_argument("--motion", default=None, help="motion-net checkpoint (default: the bench's own, trained if absent)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -429,7 +431,8 @@ def main(argv: list[str]) -> None:
         LOSS_OVERRIDES["w_reblur"] = args.w_reblur
     if args.w_sharp is not None:
         LOSS_OVERRIDES["w_sharp"] = args.w_sharp
-    variants = [(v, lr * args.lr_scale) for v, lr in VARIANTS]
+    chosen_lr = {k: float(v) for k, v in (s.split("=", 1) for s in args.lr)}
+    variants = [(v, chosen_lr.get(v, lr) * args.lr_scale) for v, lr in VARIANTS]
 
     lines: list[str] = []
 
