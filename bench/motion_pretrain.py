@@ -2,9 +2,10 @@
 
 Why: issues 3 and 6 both found that SPEC's unpaired G terms pull G toward its input unless M reads the blur in B
 (bench/objective_check.py): the reblur term is exactly zero at the identity. M trained from Xavier init with
-SPEC's own losses reads ~0.3 of ~4 px in a CPU-hour; the earlier supervised net (adapt_bench.train, 2,246 steps of
-64² crops, one thread on a busy box) reads about half. This script gives M far more supervised steps in the same
-wall time: bf16 autocast, channels-last, both cores, batches of 96² crops, linear lr decay.
+SPEC's own losses reads ~0.3 of ~4 px in a CPU-hour; the earlier supervised net (adapt_bench.train, 2,246 steps
+of 64² crops, one thread on a busy box) reads 0.85 of 4.15 px on the adaptation bench's crops. This script gives
+M far more supervised steps in the same wall time: bf16 autocast, channels-last, both cores, batches of 96² crops,
+linear lr decay.
 
 Loss (per pixel, pixels/20 units): sign-invariant L1 against the known field (a symmetric blur has no direction
 sign) + ``--reblur-weight`` · MSE(R(S, vn M(B) − vn M(S)), B), the reblur consistency with the true sharp crop —

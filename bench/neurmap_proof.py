@@ -6,10 +6,12 @@ blur of frames 80-99 and the real `car` frames 0-39. Held out for evaluation: ke
 (whole frames at 640x360: PSNR, SSIM, LPIPS) and car frames 40-59 (NIQE). Writes bench/results/neurmap_proof.json.
 
     python bench/neurmap_proof.py [--iterations 60] [--warmup 60] [--crop 128] [--precision bf16]
+        [--motion runs/motion/motion_pretrained.safetensors [--motion-lr 0]] [--name neurmap_proof]
 
 With ``--warmup N`` a third run, (b') NeurMAP after N warm-up iterations of M and D alone (G frozen), tests the
 explanation for (b) losing: a fresh motion net reads almost no motion, so the reblur term pulls G toward the
-identity. Every trained run also reports what its motion net reads on the held-out kernel blur (mean |motion|,
+identity. ``--motion`` adds (b''): M starts from a pre-trained motion net (bench/motion_pretrain.py) instead of
+Xavier init. Every trained run also reports what its motion net reads on the held-out kernel blur (mean |motion|,
 error against the known field, in pixels).
 """
 from __future__ import annotations
