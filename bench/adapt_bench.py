@@ -118,7 +118,6 @@ def sign_invariant_l1(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
 
 def train(out: Path = DEFAULT_OUT, seconds: float = 600.0, max_steps: int = 1200, crop: int = 64,
           batch: int = 8, lr: float = 1e-3, seed: int = 0, init: Path | None = None) -> dict:
-    from neurmap.core.checkpoint import atomic_write
     from neurmap.core.models import build_network
 
     torch.manual_seed(seed)
@@ -168,14 +167,23 @@ def train(out: Path = DEFAULT_OUT, seconds: float = 600.0, max_steps: int = 1200
                  {"steps": step, "lr": lr, "seconds": round(time.perf_counter() - t0, 1)}], "seconds": round(time.perf_counter() - t0, 1), "heldout_l1_px": round(epe, 3),
              "heldout_l1_px_zero_predictor": round(zero, 3), "mu_sharp": [round(v, 4) for v in mu.tolist()],
              "crop": crop, "batch": batch, "lr": lr, "log": log[-8:]}
-    from safetensors.torch import save_file
-    tensors = {f"motion.{k}": v.contiguous() for k, v in net.state_dict().items() if ".model." not in k}
-    meta = {"format": "neurmap-motion/bench", "motion_architecture": "motion",
-            "provenance": {"trained_by": "bench/adapt_bench.py (motion)", **{k: v for k, v in stats.items() if k != "log"}}}
-    atomic_write(out, lambda tmp: save_file(tensors, str(tmp), metadata={"neurmap": json.dumps(meta)}))
-    (out.with_suffix(".json")).write_text(json.dumps(stats, indent=2))
+    save_motion_net(out, net, "bench/adapt_bench.py (motion)", {k: v for k, v in stats.items() if k != "log"}, stats)
     print(json.dumps(stats))
     return stats
+
+
+def save_motion_net(out: Path, net, trained_by: str, provenance: dict, stats: dict) -> None:
+    """A motion-only checkpoint ``load_motion`` reads (atomic), with ``stats`` beside it as ``.json``."""
+    from safetensors.torch import save_file
+
+    from neurmap.core.checkpoint import atomic_write
+    sd = net.to(memory_format=torch.contiguous_format).state_dict()
+    tensors = {f"motion.{k}": v.contiguous() for k, v in sd.items() if ".model." not in k}
+    meta = {"format": "neurmap-motion/bench", "motion_architecture": "motion",
+            "provenance": {"trained_by": trained_by, **provenance}}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, lambda tmp: save_file(tensors, str(tmp), metadata={"neurmap": json.dumps(meta)}))
+    out.with_suffix(".json").write_text(json.dumps(stats, indent=2))
 
 
 
@@ -396,11 +404,8 @@ def bench_stream_fps(weights: str, M, log, size=(160, 96), n_frames: int = 24) -
                 online = OnlineAdapter(TorchSwap(pipe.backend), pipe.backend.model, M, cfg, every=1, min_new=2,
                                        capacity=8, max_rounds=1)
             s = pipe.run()
-            busy = None
             if online is not None:
-                busy = online.adapter.rounds
-                info = online.close()
-                busy = info["busy_s"]
+                online.close()
             out[mode] = {"fps": round(s["fps"], 3), "frames": s["frames_written"], "load_avg": load_avg()}
             log(f"  stream {mode}: {out[mode]['fps']} fps over {s['frames_written']} frames of {size[0]}x{size[1]}")
     out["fps_ratio_adapting_vs_plain"] = round(out["adapting"]["fps"] / ((out["plain"]["fps"] + out["plain_again"]["fps"]) / 2), 3)

@@ -28,7 +28,7 @@ from neurmap.core import load_motion, load_weights
 from neurmap.core import losses as L
 from neurmap.core.data import KernelBlurred
 from neurmap.core.reblur import canonical_motion, reblur
-from neurmap.edge_runtime.adaptation import AdaptConfig, TrainableSet, clone_model
+from neurmap.edge_runtime.adaptation import AdaptConfig, TrainableSet, adaptation_terms, clone_model, weighted
 
 BORDER = 16
 STEPS = 20
@@ -59,20 +59,17 @@ def crops(stream, g: torch.Generator, n: int = 2, c: int = 96):
 
 
 def loss_of(kind: str, G, M, b, s, m) -> torch.Tensor:
+    if kind == "M_rel":                                   # neurmap adapt's own loss (it runs G itself)
+        return weighted(adaptation_terms(G, M, b, torch.zeros(2)), AdaptConfig())
     out = G(b).float()
     inner = (..., slice(BORDER, -BORDER), slice(BORDER, -BORDER))
     if kind == "supervised":
         return (out - s).abs().mean()
     if kind == "true_reblur":
         return L.reblur_loss(reblur(out, m)[inner], b[inner])
-    with torch.no_grad():
+    with torch.no_grad():                                 # M_abs_reblur
         mb = canonical_motion(M(b).float())
-    if kind == "M_abs_reblur":
-        return L.reblur_loss(reblur(out, mb)[inner], b[inner])
-    cfg = AdaptConfig()
-    mf = canonical_motion(M(out).float())
-    return (cfg.w_reblur * L.reblur_loss(reblur(out, (mb - mf).detach()), b)
-            + cfg.w_sharp * L.sharpness_prior_loss(mf, torch.zeros(2)))
+    return L.reblur_loss(reblur(out, mb)[inner], b[inner])
 
 
 def run(kind: str, params: str, lr: float, G0, M, stream, eb, es) -> dict:

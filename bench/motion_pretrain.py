@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from adapt_bench import SHARED, _sources, sample_batch, sign_invariant_l1
+from adapt_bench import SHARED, _sources, sample_batch, save_motion_net, sign_invariant_l1
 from common import report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,10 +71,8 @@ def reblur_mse(sharp, motion, blurry, border: int = 8):
 def train(minutes: float, init: Path | None, batch: int, crop: int, lr: float, reblur_weight: float,
           seed: int, threads: int, out: Path) -> dict:
     from neurmap.core import load_motion
-    from neurmap.core.checkpoint import atomic_write
     from neurmap.core.models import build_network
     from neurmap.core.reblur import canonical_motion
-    from safetensors.torch import save_file
 
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -118,14 +116,8 @@ def train(minutes: float, init: Path | None, batch: int, crop: int, lr: float, r
              "seconds": round(time.perf_counter() - t0, 1), "batch": batch, "crop": crop, "lr": lr,
              "reblur_weight": reblur_weight, "threads": threads, "precision": "bf16", "before": before,
              "after": after, "log": log}
-    sd = net.to(memory_format=torch.contiguous_format).state_dict()
-    tensors = {f"motion.{k}": v.contiguous() for k, v in sd.items() if ".model." not in k}
-    meta = {"format": "neurmap-motion/bench", "motion_architecture": "motion",
-            "provenance": {"trained_by": "bench/motion_pretrain.py",
-                           **{k: v for k, v in stats.items() if k not in ("log", "before")}}}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out, lambda tmp: save_file(tensors, str(tmp), metadata={"neurmap": json.dumps(meta)}))
-    out.with_suffix(".json").write_text(json.dumps(stats, indent=2))
+    save_motion_net(out, net, "bench/motion_pretrain.py",
+                    {k: v for k, v in stats.items() if k not in ("log", "before")}, stats)
     return stats
 
 
