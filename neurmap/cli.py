@@ -120,7 +120,7 @@ def demo(input: Optional[str] = typer.Option(None, "--input", help="Your video f
     With no arguments: renders a handheld-shake clip from scikit-image's photos (sharp truth known, so PSNR
     before/after is reported) and runs it through ONNX Runtime INT8, FP32 or PyTorch, whichever is fastest
     here."""
-    from neurmap.core.demo import run_demo
+    from neurmap.demo import run_demo
 
     s = run_demo(input=input, out_dir=out, frames=frames, size=parse_size(size), weights=weights,
                  backend=backend, threads=threads, progress=progress, console=console)

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from neurmap.core.demo import prepare_runner, run_demo, synthetic_clip
+from neurmap.demo import prepare_runner, run_demo, synthetic_clip
 
 
 @pytest.fixture(autouse=True)

@@ -28,7 +28,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from .errors import InputError, NeurmapError
+from neurmap.core.errors import InputError, NeurmapError
 
 BACKENDS = ("auto", "ort-int8", "ort-fp32", "torch")
 #: the INT8 graph is used only if its output stays this close (PSNR, dB) to the float model's
@@ -51,7 +51,7 @@ def synthetic_clip(frames: int = 24, size: tuple[int, int] = (360, 640), max_blu
     """(blurry, sharp), each (frames, 3, H, W): camera shake over scikit-image's bundled photos."""
     import skimage.data
 
-    from .data import camera_shake_clip
+    from neurmap.core.data import camera_shake_clip
 
     images = []
     for name in DEMO_IMAGES:
@@ -66,7 +66,7 @@ def read_clip(path: str | Path, frames: int, max_side: int = 1280) -> tuple[torc
     """Up to ``frames`` frames of a video / image folder as (N, 3, H, W), downscaled to ``max_side``."""
     import torch.nn.functional as F
 
-    from .data import frame_source
+    from neurmap.core.data import frame_source
 
     src = frame_source(path)
     n = min(int(frames), len(src))
@@ -93,7 +93,7 @@ class Runner:
 
 
 def _psnr_np(a: np.ndarray, b: np.ndarray) -> float:
-    from .metrics import psnr
+    from neurmap.core.metrics import psnr
     return psnr(torch.from_numpy(a), torch.from_numpy(b))
 
 
@@ -232,9 +232,9 @@ def run_demo(input: Optional[str | Path] = None, out_dir: str | Path = "neurmap-
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .checkpoint import load_weights
-    from .metrics import psnr_per_image
-    from .models.wrapper import pad_to_multiple
+    from neurmap.core.checkpoint import load_weights
+    from neurmap.core.metrics import psnr_per_image
+    from neurmap.core.models.wrapper import pad_to_multiple
 
     if frames < 1:
         raise InputError(f"frames must be at least 1, got {frames}")
@@ -309,7 +309,7 @@ def run_demo(input: Optional[str | Path] = None, out_dir: str | Path = "neurmap-
                        "frames_improved": int((pd > pb).sum())}
         else:
             try:
-                from .metrics import niqe
+                from neurmap.core.metrics import niqe
                 mid = n // 2
                 quality = {"niqe_blurry_mid_frame": round(niqe(blurry[mid]), 3),
                            "niqe_deblurred_mid_frame": round(niqe(deblurred[mid]), 3)}
