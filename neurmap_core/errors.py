@@ -18,11 +18,14 @@ class ConfigError(NeurmapError, ValueError):
 
 
 def from_known_keys(cls, d: dict, what: str):
-    """``cls(**d)`` for a dataclass, refusing unknown keys in one line that lists the known ones."""
+    """``cls(**d)`` for a dataclass, refusing unknown keys in one line that lists the known ones, and values
+    of the wrong type (``iterations=abc``) in one line that names the key and the type it takes."""
     import dataclasses
+
+    from .options import typed_fields
 
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - names)
     if unknown:
         raise ConfigError(f"unknown {what} {unknown}; known: {', '.join(sorted(names))}")
-    return cls(**d)
+    return cls(**{**d, **typed_fields(cls, d, what)})

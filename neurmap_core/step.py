@@ -72,7 +72,8 @@ def frozen(*nets: nn.Module):
 class NeurMAPStep:
     """Holds G, M, D, their optimisers and μ_sharp; :meth:`__call__` runs one iteration.
 
-    ``grad_clip`` clips G's and M's gradient norm as the official code does (0.01); ``None`` disables it.
+    ``grad_clip`` clips G's and M's gradient norm (``None`` disables it); the official code clips at 0.01 only
+    for MPRNet, so ``TrainConfig.grad_clip="auto"`` picks 0.01 for MPRNet and ``None`` for DMPHN and the others.
     ``autocast`` is a context factory (e.g. ``lambda: torch.autocast("cuda", torch.bfloat16)``).
     """
 

@@ -22,7 +22,7 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from . import data as D
 from .checkpoint import atomic_write, load_weights, save_weights
-from .errors import CheckpointError, NeurmapError, from_known_keys
+from .errors import CheckpointError, ConfigError, NeurmapError, from_known_keys
 from .models import build_network
 from .models.wrapper import DeblurModel, MotionModel
 from .step import LossWeights, NeurMAPStep
@@ -46,7 +46,7 @@ class TrainConfig:
     lr_G: float = 5e-5
     lr_M: float = 1e-4
     lr_D: float = 1e-4
-    grad_clip: float | None = 0.01
+    grad_clip: float | str | None = "auto"   # G/M gradient-norm clip; "auto": 0.01 for MPRNet, off otherwise
     loss_weights: dict = field(default_factory=dict)
     data: dict = field(default_factory=dict)  # paired / unpaired_blurry / unpaired_sharp source specs
     checkpoint_every: int = 100
@@ -60,6 +60,15 @@ class TrainConfig:
     tensorboard: bool = True
     paired_only: bool = False                # baseline: content loss on the paired data only
 
+    def __post_init__(self) -> None:
+        # The official code clips G's and M's gradient norm at 0.01 only for MPRNet; DMPHN (G's norm ~500 at the
+        # start) and the others train unclipped there, so "auto" follows the backbone (SPEC: where we differ).
+        if self.grad_clip == "auto":
+            self.grad_clip = 0.01 if str(self.backbone).startswith("mprnet") else None
+        elif isinstance(self.grad_clip, str):
+            raise ConfigError(f"grad_clip={self.grad_clip!r}: give a positive number, null (off) or auto "
+                              "(0.01 for MPRNet, off for the others, as the official code does)")
+
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         cfg = from_known_keys(cls, d, "config keys")
@@ -71,7 +80,8 @@ class TrainConfig:
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
-    """A YAML config plus ``key=value`` overrides (dotted keys reach into dicts, values parsed as YAML)."""
+    """A YAML config (or a run's ``config.json``, read as JSON) plus ``key=value`` overrides (dotted keys reach
+    into dicts, values parsed as YAML); every value is checked against :class:`TrainConfig`'s field types."""
     import yaml
 
     raw: dict = {}
@@ -79,10 +89,21 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
         p = Path(path)
         if not p.exists():
             raise NeurmapError(f"config {p} not found; start from configs/neurmap_gopro.yaml")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise NeurmapError(f"config {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+        # JSON is not YAML 1.1 for numbers: PyYAML reads json.dumps(5e-5) == "5e-05" as a string
+        if p.suffix.lower() == ".json":
+            try:
+                raw = json.loads(p.read_text())
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"config {p} is not valid JSON ({e}); pass the original YAML config too: "
+                                  "neurmap train CONFIG --resume RUN_DIR") from None
+        else:
+            try:
+                raw = yaml.safe_load(p.read_text()) or {}
+            except yaml.YAMLError as e:
+                raise NeurmapError(f"config {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config {p} holds a {type(raw).__name__}, not key: value settings; "
+                              "start from configs/neurmap_gopro.yaml")
     for item in overrides:
         if "=" not in item:
             raise NeurmapError(f"override {item!r} is not key=value (e.g. iterations=200 or loss_weights.G_reblur=10)")
@@ -91,7 +112,12 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
         *parents, leaf = key.split(".")
         for k in parents:
             node = node.setdefault(k, {})
-        node[leaf] = yaml.safe_load(value)
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {k} is not a group of settings; drop the '.' part")
+        try:
+            node[leaf] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            node[leaf] = value                      # kept as text; the type check below names the key
     return TrainConfig.from_dict(raw)
 
 
