@@ -348,19 +348,20 @@ class OnnxTorch(nn.Module):
         raise NotImplementedError(f"op {op} is not supported by the torch interpreter")
 
 
-def write_back(float_onnx, state: dict[str, np.ndarray], out_path) -> None:
-    """Replace named initializers of a float ONNX with new values (same shapes) and save atomically."""
+def with_initializers(float_onnx, state: dict[str, np.ndarray]):
+    """The float ONNX (path or ModelProto) with named initializers replaced by new values (same shapes).
+
+    Returns the model instead of saving it: saving an artifact is export's job, and calibration never
+    imports export (imports run export -> calibration only)."""
     import onnx
     import onnx.numpy_helper as nh
-
-    from neurmap.export.onnx_export import save_onnx_atomic
 
     m = onnx.load(str(float_onnx)) if not isinstance(float_onnx, onnx.ModelProto) else float_onnx
     for i, t in enumerate(m.graph.initializer):
         if t.name in state:
             new = nh.from_array(state[t.name].astype(nh.to_array(t).dtype), t.name)
             m.graph.initializer[i].CopyFrom(new)
-    save_onnx_atomic(m, out_path)
+    return m
 
 
 def iter_batches(frames: np.ndarray, batch: int, rng: np.random.Generator, crop: Optional[int] = None,

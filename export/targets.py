@@ -173,10 +173,10 @@ def auto_exclusions(dyn: Path, pre: Path, ranges: dict, calib: np.ndarray, metho
 
 
 def qat_weights(req: ExportRequest, dyn: Path, pre: Path, ranges: dict, cfg, tmp: Path) -> Path:
-    from neurmap.calibration.onnx_torch import write_back
+    from neurmap.calibration.onnx_torch import with_initializers
     from neurmap.calibration.qat import qat_finetune
 
-    from .onnx_export import RangeFolded
+    from .onnx_export import RangeFolded, save_onnx_atomic
     from .ort_quant import quantize_int8
 
     probe = quantize_int8(dyn, tmp / "qat_probe.onnx", None, cfg, ranges=ranges)
@@ -184,7 +184,7 @@ def qat_weights(req: ExportRequest, dyn: Path, pre: Path, ranges: dict, cfg, tmp
     teacher = RangeFolded(net.net, net.offset).eval()
     res = qat_finetune(probe.path, pre, req.calib, teacher=teacher, steps=req.qat_steps, log=req.log)
     out = tmp / "qat.onnx"
-    write_back(dyn, res.state, out)
+    save_onnx_atomic(with_initializers(dyn, res.state), out)
     return out
 
 

@@ -141,6 +141,29 @@ def test_sensitivity_ranks_points_and_exclusions_help(tiny, tmp_path):
     assert measured_mse(q, pre, frames, {p for p in s.points if s.owner.get(p) in excl}) <= s.total_measured + 1e-12
 
 
+def test_with_initializers_carries_new_weights_without_saving(tiny, tmp_path):
+    """QAT's write-back: the float graph with new weights runs like the net holding them (export saves it)."""
+    from neurmap.calibration.onnx_torch import with_initializers
+    from neurmap.export.onnx_export import onnx_session, save_onnx_atomic
+
+    net, f, pre, q, frames = tiny
+    other = _Tiny().eval()
+    torch.manual_seed(1)
+    for p_ in other.parameters():
+        torch.nn.init.normal_(p_, std=0.1)
+    init = {t.name for t in onnx.load(str(f)).graph.initializer}
+    state = {k: v.detach().numpy() for k, v in other.state_dict().items() if k in init}
+    assert len(state) == len(list(other.parameters()))               # names match the exported initializers
+    before = sorted(tmp_path.iterdir())
+    m = with_initializers(f, state)
+    assert sorted(tmp_path.iterdir()) == before                       # nothing written by calibration
+    out = save_onnx_atomic(m, tmp_path / "new.onnx")
+    y = onnx_session(out).run(None, {"blurry": frames})[0]
+    with torch.no_grad():
+        assert np.abs(y - other(torch.from_numpy(frames)).numpy()).max() < 1e-4
+        assert np.abs(y - net(torch.from_numpy(frames)).numpy()).max() > 1e-2
+
+
 def test_parity_numbers():
     from neurmap.calibration.parity import compare
 
