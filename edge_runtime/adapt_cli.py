@@ -86,8 +86,11 @@ def adapt(
     if threads:
         import torch
         torch.set_num_threads(threads)
-    if steps < 1 or crop < 8 or batch < 1 or max_frames < 2:
-        raise typer.BadParameter("--steps, --batch >= 1, --crop >= 8 and --max-frames >= 2")
+    for name, value, least in (("--steps", steps, 1), ("--batch", batch, 1), ("--crop", crop, 8),
+                               ("--max-frames", max_frames, 2), ("--eval-crops", eval_crops, 1),
+                               ("--eval-crop", eval_crop, 8)):
+        if value < least:
+            raise NeurmapError(f"{name} {value} must be at least {least}")
     try:
         mu: object = "auto" if mu_sharp == "auto" else float(mu_sharp)
     except ValueError:
@@ -141,41 +144,38 @@ def adapt(
     else:
         console.print(f"[yellow]rolled back[/yellow]: {res.reason}; nothing written, {weights} untouched")
     if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(result, indent=2))
+        from neurmap.core.checkpoint import atomic_write
+        atomic_write(json_out, lambda t: Path(t).write_text(json.dumps(result, indent=2)))
     print(json.dumps({k: result[k] for k in ("accepted", "reason", "out")}))
 
 
 def parse_run_opts(text: Optional[str]) -> tuple[dict, dict]:
     """``k=v,k=v`` of ``--adapt-opts`` -> (AdaptConfig fields, run keys)."""
-    from dataclasses import fields
+    import typing
 
     from neurmap.core.errors import NeurmapError
 
     from .adaptation import AdaptConfig
 
-    types = {f.name: f.type for f in fields(AdaptConfig)}
+    from neurmap.core.options import coerce
+
+    types = typing.get_type_hints(AdaptConfig)
     cfg, run = {}, {}
     for item in filter(None, (s.strip() for s in (text or "").split(","))):
         if "=" not in item:
-            raise NeurmapError(f"--adapt-opts item {item!r} is not key=value")
+            raise NeurmapError(f"--adapt-opts item {item!r} is not key=value (e.g. steps=10,params=lora)")
         k, v = (s.strip() for s in item.split("=", 1))
         if k in RUN_KEYS:
-            run[k] = RUN_KEYS[k](v)
+            run[k] = coerce(v, RUN_KEYS[k], k, "--adapt-opts")
         elif k in types:
-            t = str(types[k])
-            if "bool" in t:
-                cfg[k] = v.lower() in ("1", "true", "yes", "on")
-            elif "int" in t and "Optional" not in t:
-                cfg[k] = int(v)
-            elif "float" in t:
-                cfg[k] = float(v)
-            elif k == "mu_sharp" and v != "auto":
-                cfg[k] = float(v)
-            else:
-                cfg[k] = v
+            cfg[k] = v if k == "mu_sharp" and v == "auto" else coerce(v, float if k == "mu_sharp" else types[k],
+                                                                       k, "--adapt-opts")
         else:
             raise NeurmapError(f"unknown --adapt-opts key {k!r}; known: {', '.join(sorted(set(types) | set(RUN_KEYS)))}")
+    for k in ("steps", "every", "min_new", "capacity", "rounds", "batch", "crop"):
+        value = cfg.get(k, run.get(k))
+        if value is not None and value < 1:
+            raise NeurmapError(f"--adapt-opts {k}={value} must be at least 1")
     return cfg, run
 
 

@@ -15,18 +15,6 @@ from rich.console import Console
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-def _parse_tile(text: Optional[str]) -> Optional[tuple[int, int]]:
-    if not text:
-        return None
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-        if h <= 0 or w <= 0:
-            raise ValueError
-    except ValueError:
-        raise typer.BadParameter(f"--tile {text!r} is not HxW with positive integers, e.g. 512x512") from None
-    return h, w
-
-
 def _write_json(path: Path, summary: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -87,7 +75,9 @@ def run(
         raise typer.BadParameter(f"--overlap must be >= 0, got {overlap}")
     if threads is not None and threads < 1:
         raise typer.BadParameter(f"--threads must be >= 1, got {threads}")
-    tile_hw = _parse_tile(tile)
+    from neurmap.core.options import parse_hw
+
+    tile_hw = parse_hw(tile, "--tile", "512x512") if tile else None
     options: dict = {"device": device}
     if threads:
         options["threads"] = threads

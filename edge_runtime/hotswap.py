@@ -159,15 +159,21 @@ def patch_onnx_initializers(proto, state: dict[str, torch.Tensor], reference: di
 
 
 def model_from_onnx(path: str | Path):
-    """The PyTorch DeblurModel behind an exported ONNX (architecture from its metadata, weights from its
-    initializers by name). Raises NeurmapError when the file cannot be mapped back (give --adapt weights)."""
+    """The PyTorch DeblurModel behind an exported ONNX (architecture and weights' value range from its metadata,
+    weights from its initializers by name). Raises NeurmapError when the file cannot be mapped back (give
+    --adapt-opts weights=W): the range is read, never guessed from the graph."""
     import onnx
     from onnx import numpy_helper
 
     from neurmap.core import DeblurModel
     from neurmap.core.models import MODELS, build_network
+    from neurmap.core.models.wrapper import RANGE_OFFSETS
 
-    proto = onnx.load(str(path))
+    try:
+        proto = onnx.load(str(path))
+    except Exception as e:  # noqa: BLE001 - protobuf raises several kinds for a corrupt or truncated file
+        raise NeurmapError(f"{path} is not a readable ONNX file ({type(e).__name__}); re-export it with "
+                           "`neurmap export --target onnx --weights W`") from None
     meta = {p.key.removeprefix("neurmap."): p.value for p in proto.metadata_props}
     arch = meta.get("architecture")
     if arch not in MODELS or MODELS[arch].role != "deblur":
@@ -176,6 +182,12 @@ def model_from_onnx(path: str | Path):
     if meta.get("precision", "fp32") not in ("fp32", "fp16"):
         raise NeurmapError(f"{path} is a {meta.get('precision')} graph: adapting it needs the fp32 PyTorch weights "
                            "(--adapt-opts weights=W) and re-quantization; not supported online")
+    # the graph has the weights' value range folded in (net(x + o) - o); the export records which range
+    rng = meta.get("net_input_range")
+    if rng not in RANGE_OFFSETS:
+        raise NeurmapError(f"{path}: its metadata does not record the value range its weights were trained in "
+                           f"(neurmap.net_input_range={rng!r}); re-export it with `neurmap export --target onnx "
+                           "--weights W`, or pass the PyTorch weights (--adapt-opts weights=W)")
     net = build_network(arch)
     index = {init.name: init for init in proto.graph.initializer}
     state = {}
@@ -186,33 +198,7 @@ def model_from_onnx(path: str | Path):
                                "to adapt (--adapt-opts weights=W)")
         state[k] = torch.from_numpy(numpy_helper.to_array(init).astype(np.float32).copy())
     net.load_state_dict(state)
-    # the graph has the value-range offset folded in (net(x + o) - o); recover o to rebuild the wrapper
-    offset = _input_offset(proto)
-    rng = {0.0: "0,1", -0.5: "-0.5,0.5"}.get(offset)
-    if rng is None:
-        raise NeurmapError(f"{path}: unexpected input offset {offset}; pass the PyTorch weights (--adapt-opts weights=W)")
     return DeblurModel(net, rng, arch).eval()
-
-
-def _input_offset(proto) -> float:
-    """The constant o of a folded value range (``x + o`` / ``x - c`` on the input, nothing else reading it)."""
-    from onnx import numpy_helper
-
-    inp = proto.graph.input[0].name
-    consts = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
-    for n in proto.graph.node:
-        if n.op_type == "Constant" and n.attribute:
-            try:
-                consts[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
-            except Exception:  # noqa: BLE001 - non-tensor constants
-                pass
-    users = [n for n in proto.graph.node if inp in n.input]
-    if len(users) == 1 and users[0].op_type in ("Add", "Sub"):
-        other = [i for i in users[0].input if i != inp]
-        if other and other[0] in consts and consts[other[0]].size == 1:
-            v = float(consts[other[0]].reshape(()))
-            return round(-v if users[0].op_type == "Sub" else v, 6)
-    return 0.0
 
 
 class OrtSwap(HotSwap):
@@ -276,8 +262,8 @@ class TensorRTSwap(HotSwap):
         engine = backend.engine
         if not getattr(engine, "refittable", False):
             raise NeurmapError("this TensorRT engine was built without the REFIT flag, so it cannot take new weights; "
-                               "rebuild it refittable (builder flag REFIT; `neurmap export --format engine --refit` "
-                               "where available) or adapt offline with `neurmap adapt` and rebuild")
+                               "rebuild it with `neurmap export --target trt --weights W` (its engines are refittable) "
+                               "or adapt offline with `neurmap adapt` and rebuild")
         super().__init__(backend)
         self.path = Path(onnx_path)
         self.proto = onnx.load(str(self.path))

@@ -12,6 +12,7 @@ import numpy as np
 import typer
 
 from neurmap.core.errors import NeurmapError
+from neurmap.core.options import parse_hw
 
 PARITY_CROP = 256
 DEFAULT_SHAPE = (720, 1280)
@@ -20,16 +21,6 @@ THRESHOLDS = {"fp32": 50.0, "fp16": 45.0, "int8": 35.0, "w8": 35.0, "w8a8": 35.0
 
 def _err(msg: str) -> None:
     raise NeurmapError(msg)
-
-
-def parse_hw(text: str, what: str = "--shape") -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().replace(" ", "").split("x"))
-        if h <= 0 or w <= 0:
-            raise ValueError
-    except ValueError:
-        raise NeurmapError(f"{what} {text!r} is not HxW with positive integers, e.g. 720x1280") from None
-    return h, w
 
 
 def _log(msg: str) -> None:
@@ -109,7 +100,7 @@ def export_cmd(
         _err("give --shape HxW or --shapes HxW,HxW, not both")
     if dynamic and shapes and spec.name != "trt":
         _err("--dynamic and --shapes do not combine for this target")
-    size_list = [parse_hw(s, "--shapes") for s in shapes.split(",")] if shapes else [parse_hw(shape) if shape else DEFAULT_SHAPE]
+    size_list = [parse_hw(s, "--shapes") for s in shapes.split(",")] if shapes else [parse_hw(shape, "--shape") if shape else DEFAULT_SHAPE]
     needs_calib = prec in ("int8", "w8a8") and spec.name in ("ort", "trt", "coreml")
     if needs_calib and not calib:
         _err(f"--precision {prec} needs --calib DIR|VIDEO: calibration frames like the ones the model will see "

@@ -53,7 +53,7 @@ def bare_for_export(model: nn.Module) -> tuple[nn.Module, dict]:
     if isinstance(model, DeblurModel):
         return RangeFolded(model.net, model.offset).eval(), {
             "architecture": model.name or type(model.net).__name__, "pad_multiple": model.pad_multiple,
-            "role": "deblur", "state": model.net.state_dict()}
+            "role": "deblur", "state": model.net.state_dict(), "net_input_range": model.input_range}
     if isinstance(model, MotionModel):
         return model.net.eval(), {"architecture": "motion", "pad_multiple": model.pad_multiple, "role": "motion",
                                   "state": model.net.state_dict()}
@@ -173,7 +173,9 @@ def export_graph(model: nn.Module, path: str | Path, in_name: str, out_name: str
     meta = {"architecture": facts["architecture"], "role": facts["role"], "input_range": "0,1",
             "pad_multiple": str(mult), "weights_hash": weights_hash(facts["state"]), "precision": "fp32",
             "toolkit_version": toolkit_version(), "shape": _shape_text(height, width, dynamic),
-            "input": in_name, "output": out_name, "opset": str(opset)}
+            "input": in_name, "output": out_name, "opset": str(opset),
+            # the range the weights were trained in (folded into the graph): what maps the graph back to torch
+            "net_input_range": facts.get("net_input_range", "0,1")}
     meta.update(extra_meta or {})
     set_metadata(onnx_model, meta)
     return save_onnx_atomic(onnx_model, path)

@@ -30,15 +30,11 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
     """NeurMAP Edge command line."""
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """'720x1280' or '1280x720p'-free 'HxW' -> (H, W), with a clear error."""
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-        if h <= 0 or w <= 0:
-            raise ValueError
-    except ValueError:
-        raise typer.BadParameter(f"size {text!r} is not HxW with positive integers, e.g. 720x1280") from None
-    return h, w
+def parse_size(text: str, what: str = "--size") -> tuple[int, int]:
+    """'720x1280' -> (H, W); the one parser every command uses (:func:`neurmap.core.options.parse_hw`)."""
+    from neurmap.core.options import parse_hw
+
+    return parse_hw(text, what)
 
 
 @app.command()
@@ -87,7 +83,7 @@ def eval_command(
     is reported where the data carries ground-truth motion and a motion net is available."""
     from neurmap.core.evaluate import evaluate, summary_rows, write_json
 
-    res = evaluate(weights, data, max_images=max_images, crop=parse_size(crop) if crop else None,
+    res = evaluate(weights, data, max_images=max_images, crop=parse_size(crop, "--crop") if crop else None,
                    motion=motion, grid_path=grid)
     console.print(f"data: {res['data']['description']}; evaluated {res['data']['n_evaluated']}")
     for note in res["notes"]:
@@ -133,7 +129,6 @@ def demo(input: Optional[str] = typer.Option(None, "--input", help="Your video f
     console.print(f"wrote {s['out_dir']}/ ({', '.join(s['files'].values())}) in {s['timings_s']['total_s']} s")
 
 
-from neurmap.edge_runtime.cli import register as _reg_runtime; _reg_runtime(app)
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def train(ctx: typer.Context,
           config: Optional[str] = typer.Argument(None, help="YAML config (see configs/neurmap_gopro.yaml)."),
@@ -146,25 +141,113 @@ def train(ctx: typer.Context,
     output_dir every checkpoint_every iterations; `--resume RUN_DIR` continues bit for bit."""
     from neurmap.core.train import load_config, run_training
 
+    from pathlib import Path
+
+    from neurmap.core.errors import ConfigError
+
+    if resume and not (Path(resume) / "config.json").is_file() and config is None:
+        raise ConfigError(f"--resume {resume}: no run there (no config.json); give the run's output_dir, "
+                          "or the config too: neurmap train CONFIG --resume RUN_DIR")
     if resume and config is None:
-        from pathlib import Path as _Path
-        config = str(_Path(resume) / "config.json")  # a run remembers its config (JSON is YAML)
+        config = str(Path(resume) / "config.json")   # a run remembers its config (read back as JSON)
     cfg = load_config(config, list(ctx.args))
     run_dir = run_training(cfg, resume=resume, progress=progress)
     console.print(f"run directory: {run_dir}  (weights: {run_dir / 'final.safetensors'})")
-from neurmap.edge_runtime.adapt_cli import register as _reg_adapt; _reg_adapt(app)
-from neurmap.export.cli import register as _reg_export; _reg_export(app)
+
+
+def _register_subcommands() -> None:
+    """``run``, ``adapt``, ``export``, ``check`` and ``bench`` live beside the code they drive."""
+    from neurmap.edge_runtime.adapt_cli import register as register_adapt
+    from neurmap.edge_runtime.cli import register as register_runtime
+    from neurmap.export.cli import register as register_export
+
+    register_runtime(app)
+    register_adapt(app)
+    register_export(app)
+
+
+_register_subcommands()
+
+
+#: exit codes of ``neurmap`` (README: "Errors you can meet")
+EXIT_INPUT, EXIT_NUMERICS, EXIT_FILES, EXIT_MEMORY, EXIT_ENGINE, EXIT_INTERRUPTED = 2, 3, 4, 5, 6, 130
+_ENGINES = {"onnxruntime": "ONNX Runtime", "tensorrt": "TensorRT", "coremltools": "Core ML"}
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:300]
+
+
+def _engine_of(e: BaseException) -> Optional[str]:
+    """The inference library an exception came from (its class or the frames it went through), if any."""
+    mod = type(e).__module__ or ""
+    for key, name in _ENGINES.items():
+        if mod.startswith(key):
+            return name
+    tb = e.__traceback__
+    last = None
+    while tb is not None:
+        f = tb.tb_frame.f_code.co_filename.replace("\\", "/")
+        for key, name in _ENGINES.items():
+            if f"/{key}/" in f:
+                last = name
+        tb = tb.tb_next
+    return last
+
+
+def friendly_error(e: BaseException) -> Optional[tuple[str, int]]:
+    """(one-line message naming the problem and the fix, exit code) for the failures a user can act on;
+    None for a bug (which keeps its traceback)."""
+    import errno
+
+    from neurmap.core.errors import NeurmapError
+
+    if isinstance(e, NeurmapError):
+        return str(e), EXIT_INPUT
+    if isinstance(e, FloatingPointError):
+        return str(e), EXIT_NUMERICS
+    if isinstance(e, KeyboardInterrupt):
+        return ("interrupted (Ctrl-C): stopped; outputs are written atomically, so nothing half-written was left "
+                "at the target (a training run resumes with --resume RUN_DIR)"), EXIT_INTERRUPTED
+    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or (
+            isinstance(e, RuntimeError) and ("out of memory" in str(e).lower() or "can't allocate memory" in str(e))):
+        return (f"out of memory ({_first_line(e)}); use a smaller size (--size/--shape/--tile, crop=, batch_*=), "
+                "fewer --threads, or another device"), EXIT_MEMORY
+    if isinstance(e, PermissionError):
+        return (f"permission denied: {e.filename or _first_line(e)}; write somewhere you may (--out/--output/"
+                "--json, output_dir=...) or fix that path's permissions"), EXIT_FILES
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        what = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EFBIG: "file size limit hit"}
+        return (f"{what[e.errno]} writing {e.filename or 'the output'}; nothing half-written was kept at the "
+                "target: free space (or raise the limit) or write elsewhere (--out/--output, output_dir=...)"), EXIT_FILES
+    engine = _engine_of(e)
+    if engine is not None:
+        return (f"{engine} failed: {_first_line(e)}; check the artifact (`neurmap check ARTIFACT --data DIR`) or "
+                "re-export it here with `neurmap export`"), EXIT_ENGINE
+    if isinstance(e, OSError):
+        return (f"{e.strerror or _first_line(e)}: {e.filename or ''}; check the path exists and is readable/"
+                "writable").replace(": ;", ";"), EXIT_FILES
+    return None
 
 
 def main() -> None:
-    """Entry point: user-facing errors become one red line and exit code 2, never a traceback."""
-    from neurmap.core.errors import NeurmapError
+    """Entry point: every failure a user can act on becomes one red line and a non-zero exit, never a
+    traceback (set NEURMAP_TRACEBACK=1 to see it anyway)."""
+    import os
+
+    from rich.markup import escape
 
     try:
         app()
-    except NeurmapError as e:
-        console.print(f"[red]error:[/red] {e}", soft_wrap=True)
-        sys.exit(2)
-    except FloatingPointError as e:
-        console.print(f"[red]error:[/red] {e}", soft_wrap=True)
-        sys.exit(3)
+    except SystemExit as e:
+        cause = getattr(e.__context__, "__cause__", None)   # typer turns Ctrl-C into Exit(130)
+        if isinstance(cause, KeyboardInterrupt) and e.code == EXIT_INTERRUPTED:
+            console.print(f"[red]error:[/red] {escape(friendly_error(cause)[0])}", soft_wrap=True)
+        raise
+    except BaseException as e:  # noqa: BLE001 - sorted into user-facing failures and bugs below
+        found = friendly_error(e)
+        if found is None or os.environ.get("NEURMAP_TRACEBACK"):
+            raise
+        console.print(f"[red]error:[/red] {escape(found[0])}", soft_wrap=True, highlight=False)
+        sys.exit(found[1])

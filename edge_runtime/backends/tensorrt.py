@@ -133,7 +133,7 @@ class TensorRTBackend(Backend):
         if self.engine is None:
             raise NeurmapError(f"{artifact}: TensorRT {trt.__version__} cannot deserialize it — engines only load "
                                "with the TensorRT version and GPU they were built on; rebuild it here with "
-                               "`neurmap export --format engine`")
+                               "`neurmap export --target trt --weights W`")
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         ins = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
