@@ -10,7 +10,7 @@ from collections import deque
 import torch
 import torch.nn.functional as F
 
-from .metrics.ssim import ms_ssim
+from .metrics.ssim import ms_ssim, ms_ssim_official
 
 
 # --- likelihood terms -------------------------------------------------------------------------------
@@ -18,6 +18,12 @@ from .metrics.ssim import ms_ssim
 def reblur_loss(reblurred: torch.Tensor, blurry: torch.Tensor) -> torch.Tensor:
     """ℓ_rb(B̂, B) = MSE + 0.1·(1 − MS-SSIM): the reblurred estimate must reproduce the observation."""
     return F.mse_loss(reblurred, blurry) + 0.1 * (1.0 - ms_ssim(reblurred, blurry))
+
+
+def reblur_loss_official(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """ℓ_rb with the official code's MS-SSIM (:func:`ms_ssim_official`, finite where it is NaN). Its data range
+    comes from ``first``, so the order is the official one: (reblurred, B) in M's step, (B, reblurred) in G's."""
+    return F.mse_loss(first, second) + 0.1 * (1.0 - ms_ssim_official(first, second))
 
 
 def total_variation(z: torch.Tensor) -> torch.Tensor:
@@ -28,6 +34,13 @@ def total_variation(z: torch.Tensor) -> torch.Tensor:
 def content_loss(deblurred: torch.Tensor, sharp: torch.Tensor) -> torch.Tensor:
     """L1(Ŝ, S) on the paired half: the supervised term."""
     return F.l1_loss(deblurred, sharp)
+
+
+def frequency_loss(deblurred: torch.Tensor, sharp: torch.Tensor) -> torch.Tensor:
+    """L1 between orthonormal 2-D spectra (real and imaginary parts): weighs the fine detail blur removes,
+    which a pixel L1 under-weighs (as in MIMO-UNet's FFT loss). Computed in fp32."""
+    d = torch.fft.rfft2(deblurred.float(), norm="ortho") - torch.fft.rfft2(sharp.float(), norm="ortho")
+    return torch.view_as_real(d).abs().mean()
 
 
 # --- motion-net priors (what M must say about sharp, blurry and deblurred images) ------------------
@@ -80,6 +93,15 @@ class SharpMotionPool:
     def load_state_dict(self, state: dict) -> None:
         self.values = deque((v.clone() for v in state["values"]), maxlen=state["size"])
         self.size = state["size"]
+
+
+class SharpMotionImagePool(SharpMotionPool):
+    """μ_sharp as the official code keeps it: an image pool of the last ``size`` sharp images' motion maps,
+    μ = mean |vn M(S)| over all of them (each image's per-channel mean is kept: crops share one size, so
+    the mean of means is the mean over the pool's pixels). Ours pools the last ``size`` *batches*."""
+
+    def update(self, m_sharp: torch.Tensor) -> None:
+        self.values.extend(m_sharp.detach().abs().mean(dim=(2, 3)).float().cpu().unbind(0))
 
 
 # --- natural-image prior (LSGAN, summed over discriminator scales) ----------------------------------

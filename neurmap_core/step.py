@@ -33,6 +33,8 @@ class LossWeights:
     M_blur: float = 0.001
     M_f_sharp: float = 0.001
     M_never_blurrier: float = 1.0
+    G_fft: float = 0.0           # ours: frequency L1 on the paired half (paired-only training)
+    G_teacher: float = 0.0       # ours: L1 to a teacher net's output on the paired blurry inputs
 
     @classmethod
     def real_blur(cls) -> "LossWeights":
@@ -176,12 +178,20 @@ class NeurMAPStep:
             self.scaler.update()
         return {k: v.detach() for k, v in out.items()}
 
-    def content_only(self, paired_blurry: torch.Tensor, paired_sharp: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The paired-only baseline: G's content loss alone (M and D untouched)."""
+    def content_only(self, paired_blurry: torch.Tensor, paired_sharp: torch.Tensor,
+                     teacher_out: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Paired-only training: G's content loss (+ the frequency and teacher terms when weighted);
+        M and D untouched. ``teacher_out``: a stronger net's output on ``paired_blurry``."""
         with self.autocast():
             s_hat = self.G(paired_blurry).float()
         out = {"G_content": L.content_loss(s_hat, paired_sharp)}
         out["G_total"] = self.w.G_content * out["G_content"]
+        if self.w.G_fft:
+            out["G_fft"] = L.frequency_loss(s_hat, paired_sharp)
+            out["G_total"] = out["G_total"] + self.w.G_fft * out["G_fft"]
+        if self.w.G_teacher and teacher_out is not None:
+            out["G_teacher"] = L.content_loss(s_hat, teacher_out.float())
+            out["G_total"] = out["G_total"] + self.w.G_teacher * out["G_teacher"]
         self._check_finite(out, "deblur net")
         self._update(out["G_total"], self.opt_G, self.G, clip=True)
         if self.scaler is not None:

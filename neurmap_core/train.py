@@ -59,6 +59,12 @@ class TrainConfig:
     channels_last: bool = True              # measured 1.2x per iteration on CPU (bench/train_step.py)
     tensorboard: bool = True
     paired_only: bool = False                # baseline: content loss on the paired data only
+    lr_schedule: str = "linear"              # G's lr: linear decay to 0, or cosine to lr_G * lr_min_ratio
+    lr_warmup: int = 0                       # G iterations of linear lr warm-up from 0
+    lr_min_ratio: float = 0.0                # cosine floor, as a fraction of lr_G
+    ema_decay: float = 0.0                   # > 0: keep an EMA of G's weights; final.safetensors holds it
+    workers: int = 0                         # > 0: batches synthesized in that many worker processes
+    teacher: str | None = None               # a stronger deblur net (weights); loss_weights.G_teacher > 0 uses it
 
     def __post_init__(self) -> None:
         # The official code clips G's and M's gradient norm at 0.01 only for MPRNet; DMPHN (G's norm ~500 at the
@@ -127,11 +133,19 @@ def build_source(spec: Any, crop: int, role: str) -> Dataset:
     """One data source from its config spec; a list of specs is concatenated.
 
     Spec forms: a path (a ``blur``/``sharp`` tree → paired, else an image folder or video), or a dict with
-    ``type``: ``paired`` | ``gopro240`` (GoPro-protocol synthesis from 240 fps frames) | ``folder``
-    (images or a video) | ``kernel`` (kernel-synthesized blur of sharp frames), plus ``path`` and options
-    (``frame_range``, ``n_frames``, ``max_px``).
+    ``type``: ``paired`` | ``gopro240`` (GoPro-protocol synthesis from 240 fps frames) | ``photos``
+    (camera shake / kernel blur over sharp photos, :class:`PhotoPairs`) | ``folder`` (images or a video) |
+    ``kernel`` (kernel-synthesized blur of sharp frames), plus ``path`` and options (``frame_range``,
+    ``n_frames``, ``max_px``, ``split``, ``blur``, ...). A list mixes sources: with a ``weight`` on each,
+    drawn in those ratios (:class:`WeightedMix`); without, concatenated.
     """
     if isinstance(spec, list):
+        weights = [s.get("weight") if isinstance(s, dict) else None for s in spec]
+        if any(w is not None for w in weights):      # ratios: every source needs one
+            if any(w is None for w in weights):
+                raise NeurmapError(f"data.{role}: give every source a weight, or none (then they are concatenated)")
+            parts = [build_source({k: v for k, v in s.items() if k != "weight"}, crop, role) for s in spec]
+            return D.WeightedMix(parts, weights)
         return ConcatDataset([build_source(s, crop, role) for s in spec])
     if isinstance(spec, (str, Path)):
         p = Path(spec)
@@ -154,13 +168,18 @@ def build_source(spec: Any, crop: int, role: str) -> Dataset:
         rng = spec.pop("frame_range", None)
         ds = D.UnpairedFolder(path, crop_size=size, flip=True, **spec)
         return torch.utils.data.Subset(ds, range(*rng)) if rng else ds
+    if kind == "photos":
+        for key in ("exposure", "scale"):
+            if isinstance(spec.get(key), list):
+                spec[key] = tuple(spec[key])
+        return D.PhotoPairs(path, crop_size=crop, **spec)
     if kind == "kernel":
         rng = spec.pop("frame_range", None)
         source = D.frame_source(path)
         if rng:
             source = torch.utils.data.Subset(source, range(*rng))  # lazy: frames read when drawn
         return D.KernelBlurred(source, crop_size=size, flip=True, **spec)
-    raise NeurmapError(f"unknown data type {kind!r} for {role}; use paired, gopro240, folder or kernel")
+    raise NeurmapError(f"unknown data type {kind!r} for {role}; use paired, gopro240, photos, folder or kernel")
 
 
 def _image(sample: dict, role: str) -> torch.Tensor:
@@ -186,14 +205,13 @@ class BatchSampler:
 
     def __init__(self, cfg: TrainConfig, rank: int = 0, world: int = 1) -> None:
         d = cfg.data
-        for key in ("paired", "unpaired_blurry", "unpaired_sharp"):
+        roles = ("paired",) if cfg.paired_only else ("paired", "unpaired_blurry", "unpaired_sharp")
+        for key in roles:
             if key not in d:
                 raise NeurmapError(f"config data.{key} is missing; a NeurMAP run needs paired, unpaired_blurry "
-                                   "and unpaired_sharp sources")
-        self.paired = build_source(d["paired"], cfg.crop, "paired")
-        self.blurry = build_source(d["unpaired_blurry"], cfg.crop, "unpaired_blurry")
-        self.sharp = build_source(d["unpaired_sharp"], cfg.crop, "unpaired_sharp")
-        for name, ds in (("paired", self.paired), ("unpaired_blurry", self.blurry), ("unpaired_sharp", self.sharp)):
+                                   "and unpaired_sharp sources (paired_only: true needs only paired)")
+        self.sources = {key: build_source(d[key], cfg.crop, key) for key in roles}
+        for name, ds in self.sources.items():
             if len(ds) == 0:
                 raise NeurmapError(f"data.{name} holds no images")
         self.cfg, self.rank, self.world = cfg, rank, world
@@ -205,11 +223,49 @@ class BatchSampler:
 
     def batch(self, it: int) -> tuple[torch.Tensor, ...]:
         g = torch.Generator().manual_seed(self.cfg.seed * 7_919 + it)
-        p = self._draw(self.paired, self.cfg.batch_paired, g, it)
-        u = self._draw(self.blurry, self.cfg.batch_unpaired, g, it)
-        s = self._draw(self.sharp, self.cfg.batch_unpaired, g, it)
-        return (torch.stack([x["blurry"] for x in p]), torch.stack([x["sharp"] for x in p]),
-                torch.stack([_image(x, "blurry") for x in u]), torch.stack([_image(x, "sharp") for x in s]))
+        p = self._draw(self.sources["paired"], self.cfg.batch_paired, g, it)
+        paired = (torch.stack([x["blurry"] for x in p]), torch.stack([x["sharp"] for x in p]))
+        if self.cfg.paired_only:
+            return paired
+        u = self._draw(self.sources["unpaired_blurry"], self.cfg.batch_unpaired, g, it)
+        s = self._draw(self.sources["unpaired_sharp"], self.cfg.batch_unpaired, g, it)
+        return paired + (torch.stack([_image(x, "blurry") for x in u]), torch.stack([_image(x, "sharp") for x in s]))
+
+
+class _Batches(Dataset):
+    """Batch ``it`` = ``sampler.batch(start + it)``: lets DataLoader workers synthesize ahead, in order."""
+
+    def __init__(self, sampler: BatchSampler, start: int, stop: int) -> None:
+        self.sampler, self.start, self.stop = sampler, start, stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
+        return self.sampler.batch(self.start + i)
+
+
+def _one_thread(_: int) -> None:
+    torch.set_num_threads(1)   # synthesis workers must not compete with the training threads
+
+
+def lr_factor(cfg: TrainConfig, total: int) -> Callable[[int], float]:
+    """G's lr multiplier at step i: ``lr_warmup`` linear steps up, then linear decay to 0 or cosine to
+    ``lr_min_ratio``."""
+    import math
+
+    if cfg.lr_schedule not in ("linear", "cosine"):
+        raise NeurmapError(f"lr_schedule {cfg.lr_schedule!r} unknown; use linear or cosine")
+    warm, floor = max(int(cfg.lr_warmup), 0), float(cfg.lr_min_ratio)
+
+    def f(i: int) -> float:
+        if i < warm:
+            return (i + 1) / warm
+        t = min(max((i - warm) / max(total - warm, 1), 0.0), 1.0)
+        if cfg.lr_schedule == "linear":
+            return 1.0 - t
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
+    return f
 
 
 # --- devices -----------------------------------------------------------------------------------------
@@ -263,6 +319,7 @@ def save_checkpoint(run_dir: Path, it: int, step: NeurMAPStep, scheds: list, cfg
              "opt_G": step.opt_G.state_dict(), "opt_M": step.opt_M.state_dict(), "opt_D": step.opt_D.state_dict(),
              "sched": [s.state_dict() for s in scheds], "pool": step.pool.state_dict(),
              "scaler": step.scaler.state_dict() if step.scaler is not None else None,
+             "ema": step.ema.state_dict() if getattr(step, "ema", None) is not None else None,
              "rng_cpu": torch.get_rng_state(),
              "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
     path = atomic_write(run_dir / f"ckpt_{it:07d}.pt", lambda tmp: torch.save(state, tmp))
@@ -292,13 +349,24 @@ def build_nets(cfg: TrainConfig) -> tuple[DeblurModel, MotionModel, nn.Module]:
                                "set backbone to match")
         G.train()
     else:
-        G = DeblurModel(build_network(cfg.backbone), "0,1", cfg.backbone)
+        net = build_network(cfg.backbone)
+        if hasattr(net, "init_identity"):    # compact nets start as the identity (see CompactDeblur)
+            net.init_identity()
+        G = DeblurModel(net, "0,1", cfg.backbone)
     if cfg.init_motion:
         from .checkpoint import load_motion
         M = load_motion(cfg.init_motion).train()
     else:
         M = MotionModel(build_network("motion"))
     return G, M, build_network("discriminator")
+
+
+def inference_model(G: DeblurModel) -> DeblurModel:
+    """What gets saved: re-parameterised training blocks folded into plain convs (``compact_rep`` is
+    saved as ``compact``, loadable and exportable like any other compact net)."""
+    if getattr(G.net, "block", None) == "rep":
+        return DeblurModel(G.net.fold(), G.input_range, "compact")
+    return G
 
 
 class Trainer:
@@ -321,9 +389,17 @@ class Trainer:
                                 autocast=self.rt.autocast, scaler=self.rt.scaler)
         # each net decays linearly to 0 at the end on its own lr; G's schedule counts only its own steps
         g_total, md_total = max(cfg.iterations, 1), max(self.total_iterations, 1)
-        self.scheds = [torch.optim.lr_scheduler.LambdaLR(self.step.opt_G, lambda i: max(0.0, 1.0 - i / g_total))]
+        self.scheds = [torch.optim.lr_scheduler.LambdaLR(self.step.opt_G, lr_factor(cfg, g_total))]
         self.scheds += [torch.optim.lr_scheduler.LambdaLR(o, lambda i: max(0.0, 1.0 - i / md_total))
                         for o in (self.step.opt_M, self.step.opt_D)]
+        self.step.ema = None
+        if cfg.ema_decay > 0:     # averaged weights generalise better than the last iterate (NAFNet, BasicSR)
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+            self.step.ema = AveragedModel(_unwrap(self.step.G), multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay),
+                                          use_buffers=True)
+        self.teacher = None
+        if cfg.teacher:
+            self.teacher = load_weights(cfg.teacher)[0].to(self.rt.device).eval().requires_grad_(False)
         self.sampler = BatchSampler(cfg, self.rt.rank, self.rt.world)
         self.start = 0
         if resume:
@@ -345,6 +421,8 @@ class Trainer:
         self.step.pool.load_state_dict(s["pool"])
         if self.step.scaler is not None and s.get("scaler"):
             self.step.scaler.load_state_dict(s["scaler"])
+        if self.step.ema is not None and s.get("ema") is not None:
+            self.step.ema.load_state_dict(s["ema"])
         torch.set_rng_state(s["rng_cpu"])
         if s.get("rng_cuda") and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(s["rng_cuda"])
@@ -371,26 +449,38 @@ class Trainer:
             (self.run_dir / "config.json").write_text(json.dumps(cfg.as_dict(), indent=2))
         dev = self.rt.device
         total, warmup = self.total_iterations, self.total_iterations - cfg.iterations
-        for it in range(self.start, total):
-            batch = [b.to(dev, non_blocking=True) for b in self.sampler.batch(it)]
+        batches: Any = (self.sampler.batch(it) for it in range(self.start, total))
+        if cfg.workers > 0 and total > self.start:
+            batches = torch.utils.data.DataLoader(_Batches(self.sampler, self.start, total), batch_size=None,
+                                                  num_workers=cfg.workers, worker_init_fn=_one_thread,
+                                                  prefetch_factor=4, persistent_workers=False)
+        for it, cpu_batch in zip(range(self.start, total), batches):
+            batch = [b.to(dev, non_blocking=True) for b in cpu_batch]
             if cfg.channels_last:
                 batch = [b.contiguous(memory_format=torch.channels_last) for b in batch]
             if cfg.paired_only:
-                losses, stepped = self.step.content_only(*batch[:2]), self.scheds[:1]  # M, D idle
+                target = None
+                if self.teacher is not None:
+                    with torch.no_grad(), self.rt.autocast():
+                        target = self.teacher(batch[0]).float().clamp(0, 1)
+                losses, stepped = self.step.content_only(*batch[:2], teacher_out=target), self.scheds[:1]
             elif it < warmup:
                 losses, stepped = self.step(*batch, update_G=False), self.scheds[1:]   # G frozen
             else:
                 losses, stepped = self.step(*batch), self.scheds
             for s in stepped:
                 s.step()
+            if self.step.ema is not None and (cfg.paired_only or it >= warmup):
+                self.step.ema.update_parameters(_unwrap(self.step.G))
             done = it + 1
             if self.is_main and (done % cfg.checkpoint_every == 0 or done == total):
                 save_checkpoint(self.run_dir, done, self.step, self.scheds, cfg, cfg.keep_checkpoints)
             yield done, {k: float(v) for k, v in losses.items()}, batch
         if self.is_main:
-            G = _unwrap(self.step.G)
+            G = inference_model(self.step.ema.module if self.step.ema is not None else _unwrap(self.step.G))
             save_weights(self.run_dir / "final.safetensors", G, _unwrap(self.step.M),
                          provenance={"trained_by": "neurmap train", "iterations": cfg.iterations,
+                                     "weights": "ema" if self.step.ema is not None else "last",
                                      "config": cfg.as_dict()})
 
     def visuals(self, batch: list[torch.Tensor]) -> torch.Tensor:
@@ -398,7 +488,7 @@ class Trainer:
         from .reblur import canonical_motion, reblur
         G, M = _unwrap(self.step.G), _unwrap(self.step.M)
         with torch.no_grad():
-            b = batch[2][:2].float()
+            b = batch[0 if self.cfg.paired_only else 2][:2].float()
             s = G(b).clamp(0, 1)
             m_rel = canonical_motion(M(b)) - canonical_motion(M(s))
             rb = reblur(s, m_rel).clamp(0, 1)

@@ -2,7 +2,7 @@
 
 Images are float32 RGB (3,H,W) tensors in [0, 1]; motion maps are (2,H,W), channels (dy, dx) in pixels/20.
 """
-from .datasets import KernelBlurred, PairedFolder, SynthesizedGoPro, UnpairedFolder
+from .datasets import KernelBlurred, PairedFolder, SynthesizedGoPro, UnpairedFolder, WeightedMix
 from .io import (
     IMAGE_EXTENSIONS,
     array_to_tensor,
@@ -13,6 +13,7 @@ from .io import (
     tensor_to_array,
     write_image,
 )
+from .photos import PhotoPairs, photo_split
 from .synthesis import (
     GoProPairs,
     camera_shake_clip,
@@ -42,5 +43,5 @@ __all__ = [
     "srgb_to_linear", "linear_to_srgb", "gopro_blur", "gopro_pair", "gopro_pairs_from_folder", "GoProPairs",
     "random_motion_field", "kernel_blur", "camera_shake_clip",
     "RandomCropFlip", "hflip", "pad_to", "pad_sample", "resize_sample",
-    "PairedFolder", "UnpairedFolder", "SynthesizedGoPro", "KernelBlurred",
+    "PairedFolder", "UnpairedFolder", "SynthesizedGoPro", "KernelBlurred", "WeightedMix", "PhotoPairs", "photo_split",
 ]
