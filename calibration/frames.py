@@ -103,7 +103,11 @@ class _Source:
         from neurmap.core.data.video import frame_source
 
         self.path = Path(path)
-        self.src = frame_source(self.path)
+        # a paired folder (blur/ + sharp/, or the GoPro layouts) is read as eval reads it: blurry frames with truth
+        self.pairs = _paired(self.path)
+        self.src = self.pairs if self.pairs is not None else frame_source(self.path)
+        if self.pairs is not None:
+            synthesize = None
         n = len(self.src)
         self.lo, self.hi = (0, n) if frame_range is None else (max(0, frame_range[0]), min(n, frame_range[1]))
         self.synthesize = synthesize
@@ -137,6 +141,9 @@ class _Source:
         return out
 
     def candidate(self, first: int, n: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        if self.pairs is not None:
+            item = self.frame(first)
+            return item["blurry"], item["sharp"]
         if not self.synthesize:
             return self.frame(first), None
         from neurmap.core.data.synthesis import gopro_pair
@@ -147,10 +154,24 @@ class _Source:
 AUTO_WINDOW = (7, 13)
 
 
+def _paired(path: Path):
+    """The :class:`PairedFolder` behind ``path`` when it is one of the paired layouts ``neurmap eval`` reads."""
+    from neurmap.core.data import PairedFolder
+    from neurmap.core.data.datasets import _pair_dirs
+
+    if not path.is_dir():
+        return None
+    try:
+        _pair_dirs(path, None, "blur", "sharp")
+    except NeurmapError:
+        return None
+    return PairedFolder(path)
+
+
 def _synth_for(path: Path, synthesize) -> Optional[tuple[int, int]]:
     """The GoPro-protocol window lengths to synthesize blur with for one source (None: use frames as they are)."""
     if synthesize == "auto":
-        return AUTO_WINDOW if looks_like_sharp_highfps(path) else None
+        return AUTO_WINDOW if _paired(Path(path)) is None and looks_like_sharp_highfps(path) else None
     if synthesize is None:
         return None
     lo, hi = (int(v) for v in synthesize)

@@ -15,6 +15,24 @@ from rich.console import Console
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+def _check_writable(path: Path, is_dir: bool) -> None:
+    """Refuse an output that cannot be written before the stream starts (not after the first frame)."""
+    from neurmap.core.errors import NeurmapError
+
+    folder = path if is_dir else path.parent
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise NeurmapError(f"--output {path}: cannot write there ({probe} is not a writable folder); "
+                           "choose a folder you may write to")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise NeurmapError(f"--output {path}: cannot create {folder} ({e.strerror}); choose a folder you may "
+                           "write to") from None
+
+
 def _write_json(path: Path, summary: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -90,6 +108,8 @@ def run(
         options["providers"] = [p.strip() if p.strip().endswith("ExecutionProvider") else f"{p.strip()}ExecutionProvider"
                                 for p in providers.split(",") if p.strip()]
 
+    if output:
+        _check_writable(Path(output[:-1] if output.endswith("/") else output), output.endswith(("/", os.sep)))
     live = None
 
     def event(msg: str) -> None:

@@ -99,7 +99,9 @@ def safe_torch_load(path: str | Path) -> dict[str, torch.Tensor]:
                               f"(it would run code to load: {str(e).splitlines()[0][:120]}); "
                               "convert it to safetensors where it came from") from None
     except (RuntimeError, EOFError, OSError) as e:
-        raise CheckpointError(f"{path}: unreadable or truncated checkpoint ({str(e).splitlines()[0][:120]})") from None
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]     # an empty file's EOFError is ""
+        raise CheckpointError(f"{path}: unreadable, empty or truncated checkpoint ({why}); re-download it or "
+                              "save it again with neurmap.core.save_weights") from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):

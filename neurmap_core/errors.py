@@ -27,5 +27,9 @@ def from_known_keys(cls, d: dict, what: str):
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - names)
     if unknown:
-        raise ConfigError(f"unknown {what} {unknown}; known: {', '.join(sorted(names))}")
+        import difflib
+
+        near = {k: difflib.get_close_matches(k, names, n=1) for k in unknown}
+        hint = "".join(f" (did you mean {n[0]!r} for {k!r}?)" for k, n in near.items() if n)
+        raise ConfigError(f"unknown {what} {unknown}{hint}; known: {', '.join(sorted(names))}")
     return cls(**{**d, **typed_fields(cls, d, what)})

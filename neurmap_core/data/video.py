@@ -253,7 +253,8 @@ def is_video_file(path: PathLike) -> bool:
 
 
 def frame_source(path: PathLike, fps: Optional[float] = None) -> FrameSequence:
-    """A lazy, indexable frame sequence from an image folder, a video file or a single image.
+    """A lazy, indexable frame sequence from an image folder, a video file, a single image or a paired folder
+    (``blur/`` + ``sharp/``, as ``neurmap eval`` reads it: the blurry frames).
 
     ``fps`` sets the rate of an image folder (videos report their own).
     """
@@ -261,6 +262,8 @@ def frame_source(path: PathLike, fps: Optional[float] = None) -> FrameSequence:
     if not p.exists():
         raise InputError(f"{p} does not exist; pass a folder of images or a video file")
     if p.is_dir():
+        if (p / "blur").is_dir() and (p / "sharp").is_dir():   # a paired folder: its blurry side is the input
+            return ImageFolderFrames(p / "blur", fps=fps)
         return ImageFolderFrames(p, fps=fps)
     if is_image_file(p):
         return SingleImageFrames(p)
