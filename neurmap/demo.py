@@ -3,8 +3,8 @@
 With no input it renders a short handheld-shake clip from scikit-image's bundled photos with
 :func:`neurmap.core.data.camera_shake_clip` (GoPro-protocol averaging along a camera-shake trajectory, so
 the sharp truth is known and PSNR can be reported), deblurs it with the default model through the fastest
-backend available here — ONNX Runtime INT8 (``neurmap.export``), then ONNX Runtime FP32, then PyTorch —
-and writes into the output folder:
+backend available here — ONNX Runtime INT8 (``neurmap export``'s shipped recipe), then ONNX Runtime FP32,
+then PyTorch — and writes into the output folder:
 
 * ``side_by_side.mp4`` — blurry | deblurred, labelled;
 * ``comparison.png`` — a few frames as rows: blurry | deblurred (| sharp);
@@ -13,8 +13,8 @@ and writes into the output folder:
 
 With ``input`` (a video file or a folder of frames) it does the same on that clip (no PSNR then; NIQE of
 the middle frame when the NIQE parameters are installed). Exported/quantized ONNX files are cached under
-``$NEURMAP_CACHE`` (default ``~/.cache/neurmap/demo``), keyed by the weights' hash and the frame size, so a
-second run starts at once.
+``$NEURMAP_CACHE`` (default ``~/.cache/neurmap/demo``), keyed by the weights' hash and the frame size (INT8 also
+by the recipe and a hash of the calibration frames), so a second run on the same clip starts at once.
 """
 from __future__ import annotations
 
@@ -108,19 +108,40 @@ def _ort_runner(model, meta: dict, hp: int, wp: int, calib: np.ndarray, int8: bo
     if not fp32.exists():
         export_onnx(model, fp32, height=hp, width=wp)
     path = fp32
+    notes: list[str] = []
     if int8:
-        from neurmap.export.ort_quant import QuantConfig, quantize_int8
+        from neurmap.export.targets import ExportRequest, build_ort_int8
 
-        path = cache / f"{key}_int8.onnx"
-        if not path.exists():
-            quantize_int8(fp32, path, frames=calib, config=QuantConfig(chunk=1))
+        # ExportRequest's defaults are `neurmap export --target ort --precision int8`'s shipped recipe
+        # (percentile ranges + up to 12 sensitivity-chosen convs in float): the demo shows what the CLI ships
+        req = ExportRequest(model=model, weights_meta=meta, out=Path(), precision="int8", shapes=[(hp, wp)],
+                            calib=np.ascontiguousarray(calib, dtype=np.float32), log=lambda _msg: None)
+        recipe = f"{req.method}-x{req.exclude_budget if req.exclude == 'auto' else req.exclude}-q{req.qat_steps}"
+        req.out = cache / f"{key}_int8_{recipe}_{_frames_hash(req.calib)}.onnx"
+        if not req.out.exists():
+            build_ort_int8(req)
+        path = req.out
+        notes.append(f"INT8 recipe: neurmap export's default ({req.method} ranges, up to {req.exclude_budget} "
+                     f"convs kept in float), calibrated on {len(calib)} frames of this clip")
     sess = onnx_session(path, threads=threads)
     name = sess.get_inputs()[0].name
 
     def infer(x: np.ndarray) -> np.ndarray:
         return sess.run(None, {name: np.ascontiguousarray(x, dtype=np.float32)})[0]
 
-    return Runner("onnxruntime-int8" if int8 else "onnxruntime-fp32", infer, prepare_s=time.perf_counter() - t0)
+    return Runner("onnxruntime-int8" if int8 else "onnxruntime-fp32", infer, notes=notes,
+                  prepare_s=time.perf_counter() - t0)
+
+
+def _frames_hash(frames: np.ndarray) -> str:
+    """Content hash of the calibration frames (shape, dtype, values): part of the INT8 cache key, so another
+    clip (or another frame pick) never reuses ranges calibrated on different frames."""
+    import hashlib
+
+    a = np.ascontiguousarray(frames)
+    h = hashlib.sha256(f"{a.shape}{a.dtype}".encode())
+    h.update(a.tobytes())
+    return h.hexdigest()[:16]
 
 
 def _torch_runner(model) -> Runner:
@@ -154,6 +175,7 @@ def prepare_runner(model, meta: dict, hp: int, wp: int, calib: np.ndarray, backe
             if not np.isfinite(out).all():
                 raise NeurmapError("non-finite output")
             if kind == "ort-int8":
+                notes += r.notes
                 agree = _psnr_np(np.clip(out, 0, 1), np.clip(reference, 0, 1))
                 notes.append(f"INT8 output agrees with the float model to {agree:.1f} dB PSNR")
                 if agree < INT8_MIN_AGREEMENT_DB and backend == "auto":

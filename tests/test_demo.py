@@ -44,6 +44,35 @@ def test_demo_backends_agree(tmp_path):
     assert abs(torch_out - ort_out).max() < 1e-3
 
 
+def test_demo_int8_uses_the_shipped_recipe_and_keys_the_cache_on_calibration_frames(tmp_path):
+    """The demo's INT8 is `neurmap export`'s default (percentile ranges, 12 convs in float), and a clip with other
+    frames never reuses ranges calibrated on different ones (issue 14 item 4)."""
+    import json as _json
+
+    import onnx
+
+    from neurmap.core import load_weights
+    from neurmap.export.ort_quant import quantizable_nodes
+
+    model, meta = load_weights("default")
+    a = synthetic_clip(frames=2, size=(48, 64), seed=0)[0].numpy()
+    b = synthetic_clip(frames=2, size=(48, 64), seed=1)[0].numpy()
+    r = prepare_runner(model, meta, 48, 64, a, backend="ort-int8", cache=tmp_path)
+    int8 = sorted(tmp_path.glob("*_int8_*.onnx"))
+    assert r.name == "onnxruntime-int8" and len(int8) == 1
+    md = {p.key: p.value for p in onnx.load(str(int8[0]), load_external_data=False).metadata_props}
+    assert md["neurmap.quant.method"] == "percentile"
+    convs = set(quantizable_nodes(next(tmp_path.glob("*_fp32.onnx"))))
+    kept = [n for n in _json.loads(md["neurmap.quant.excluded"]) if n in convs]
+    assert len(convs) > 12 and len(kept) == 12
+    assert any("recipe" in n for n in r.notes)
+    stamp = int8[0].stat().st_mtime_ns
+    prepare_runner(model, meta, 48, 64, a.copy(), backend="ort-int8", cache=tmp_path)     # same frames: cached
+    assert sorted(tmp_path.glob("*_int8_*.onnx")) == int8 and int8[0].stat().st_mtime_ns == stamp
+    prepare_runner(model, meta, 48, 64, b, backend="ort-int8", cache=tmp_path)            # other frames: new key
+    assert len(list(tmp_path.glob("*_int8_*.onnx"))) == 2
+
+
 def test_demo_on_user_frames_and_cli(tmp_path):
     from typer.testing import CliRunner
 
