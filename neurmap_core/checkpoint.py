@@ -95,8 +95,8 @@ def safe_torch_load(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise CheckpointError(f"{path}: refused — the file is a pickle that is not a plain state dict "
-                              f"(it would run code to load: {str(e).splitlines()[0][:120]}); "
+        raise CheckpointError(f"{path}: refused — not a plain state dict: a corrupt file, or a pickle that "
+                              f"would run code to load ({str(e).splitlines()[0][:80]}); "
                               "convert it to safetensors where it came from") from None
     except (RuntimeError, EOFError, OSError) as e:
         why = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]     # an empty file's EOFError is ""
