@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from . import losses as L
-from .errors import from_known_keys
+from .errors import ConfigError, from_known_keys
 from .reblur import canonical_motion, reblur
 
 
@@ -77,17 +77,30 @@ class NeurMAPStep:
     ``grad_clip`` clips G's and M's gradient norm (``None`` disables it); the official code clips at 0.01 only
     for MPRNet, so ``TrainConfig.grad_clip="auto"`` picks 0.01 for MPRNet and ``None`` for DMPHN and the others.
     ``autocast`` is a context factory (e.g. ``lambda: torch.autocast("cuda", torch.bfloat16)``).
+
+    ``official`` (``TrainConfig.official_compat``): ``None`` runs ours; ``"synthetic"`` or ``"real"`` runs the
+    official ``DeblurNet.optimize()`` iteration of that config (SPEC, "Where the official code differs"):
+    ℓ_rb with the official MS-SSIM in the official argument order (finite where it is NaN), D's real images
+    all sharp (synthetic config) or the sharp/blurry mix (real), μ_sharp over an image pool of the last 50
+    sharp motion maps, and M's lr taken from ``lr_D``. Ours stays the default where it is better founded:
+    the standard per-image MS-SSIM, M on its own ``lr_M``; the mix for D and the batch pool are equivalent
+    choices kept from before.
     """
 
     def __init__(self, G: nn.Module, M: nn.Module, D: nn.Module, weights: LossWeights | None = None,
                  lr_G: float = 5e-5, lr_M: float = 1e-4, lr_D: float = 1e-4, grad_clip: float | None = 0.01,
-                 autocast=contextlib.nullcontext, scaler: torch.amp.GradScaler | None = None) -> None:
+                 autocast=contextlib.nullcontext, scaler: torch.amp.GradScaler | None = None,
+                 official: str | None = None) -> None:
+        if official not in (None, "synthetic", "real"):
+            raise ConfigError(f"official={official!r}: use None (ours), 'synthetic' or 'real' (the official config "
+                              "whose iteration to reproduce)")
+        self.official = official
         self.G, self.M, self.D = G, M, D
         self.w = weights or LossWeights()
         self.opt_G = torch.optim.Adam(G.parameters(), lr=lr_G, betas=(0.9, 0.999))
-        self.opt_M = torch.optim.Adam(M.parameters(), lr=lr_M, betas=(0.9, 0.999))
+        self.opt_M = torch.optim.Adam(M.parameters(), lr=lr_D if official else lr_M, betas=(0.9, 0.999))
         self.opt_D = torch.optim.Adam(D.parameters(), lr=lr_D, betas=(0.9, 0.999))
-        self.pool = L.SharpMotionPool(50)
+        self.pool = L.SharpMotionImagePool(50) if official else L.SharpMotionPool(50)
         self.grad_clip, self.autocast, self.scaler = grad_clip, autocast, scaler
 
     def _motion(self, x: torch.Tensor) -> torch.Tensor:
@@ -130,7 +143,8 @@ class NeurMAPStep:
             m_all = self._motion(torch.cat((blurry, fake, sharp)))
         m_b, m_f, m_s = m_all[:n], m_all[n:2 * n], m_all[2 * n:]
         m_rel = m_b - m_f
-        out["M_reblur"] = L.reblur_loss(reblur(fake, m_rel), blurry)
+        b_hat = reblur(fake, m_rel)
+        out["M_reblur"] = L.reblur_loss_official(b_hat, blurry) if self.official else L.reblur_loss(b_hat, blurry)
         out["M_tv"] = offsets_tv(m_rel)
         out["M_sharp"] = L.sharp_zero_motion_loss(m_s)
         out["M_blur"] = L.blurry_large_motion_loss(m_b)
@@ -144,7 +158,8 @@ class NeurMAPStep:
         self.pool.update(m_s)
 
         # --- discriminator step: Ŝ is fake; half sharp, half blurry images are real ---------------
-        real = torch.cat((sharp[0::2], blurry[1::2]))
+        # (the official synthetic config: all sharp images are real)
+        real = sharp if self.official == "synthetic" else torch.cat((sharp[0::2], blurry[1::2]))
         with self.autocast():
             d_out = self.D(torch.cat((fake, real)))
         out["D"] = L.discriminator_loss([d[:n].float() for d in d_out], [d[n:].float() for d in d_out])
@@ -165,7 +180,9 @@ class NeurMAPStep:
             s_hat = deblurred.float()
             m_rel_g = (m_b_g - m_f_g).detach()
             out["G_content"] = L.content_loss(s_hat[:n_p], paired_sharp)
-            out["G_reblur"] = L.reblur_loss(reblur(s_hat[n_p:], m_rel_g[n_p:]), unpaired_blurry)
+            b_hat = reblur(s_hat[n_p:], m_rel_g[n_p:])
+            out["G_reblur"] = (L.reblur_loss_official(unpaired_blurry, b_hat) if self.official
+                               else L.reblur_loss(b_hat, unpaired_blurry))
             out["G_f_sharp"] = L.sharpness_prior_loss(m_f_g, self.pool.mean(blurry.device))
             out["G_Itv"] = L.total_variation(s_hat[n_p:])
             out["G_global"] = L.generator_adversarial_loss([d.float() for d in d_fake])

@@ -47,6 +47,7 @@ class TrainConfig:
     lr_M: float = 1e-4
     lr_D: float = 1e-4
     grad_clip: float | str | None = "auto"   # G/M gradient-norm clip; "auto": 0.01 for MPRNet, off otherwise
+    official_compat: str | bool = False      # off | synthetic | real: the official iteration of that config (step.py)
     loss_weights: dict = field(default_factory=dict)
     data: dict = field(default_factory=dict)  # paired / unpaired_blurry / unpaired_sharp source specs
     checkpoint_every: int = 100
@@ -74,6 +75,16 @@ class TrainConfig:
         elif isinstance(self.grad_clip, str):
             raise ConfigError(f"grad_clip={self.grad_clip!r}: give a positive number, null (off) or auto "
                               "(0.01 for MPRNet, off for the others, as the official code does)")
+        # official_compat reproduces the official iteration (NeurMAPStep's ``official``); off = ours
+        oc = "off" if self.official_compat in (False, None) else self.official_compat
+        if oc not in ("off", "synthetic", "real"):
+            raise ConfigError(f"official_compat={self.official_compat!r}: use off, synthetic (D's real images all "
+                              "sharp, as config_semi_syn.yaml) or real (sharp/blurry mix, the real-blur configs)")
+        self.official_compat = oc
+        official_clip = 0.01 if str(self.backbone).startswith("mprnet") else None
+        if oc != "off" and self.grad_clip != official_clip:
+            raise ConfigError(f"official_compat={oc} clips as the official code does ({official_clip} for "
+                              f"{self.backbone}), not grad_clip={self.grad_clip}; set grad_clip: auto")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -386,7 +397,8 @@ class Trainer:
             nets = [nn.parallel.DistributedDataParallel(n, device_ids=ids) for n in nets]
         self.step = NeurMAPStep(*nets, weights=LossWeights.from_dict(cfg.loss_weights), lr_G=cfg.lr_G,
                                 lr_M=cfg.lr_M, lr_D=cfg.lr_D, grad_clip=cfg.grad_clip,
-                                autocast=self.rt.autocast, scaler=self.rt.scaler)
+                                autocast=self.rt.autocast, scaler=self.rt.scaler,
+                                official=None if cfg.official_compat == "off" else cfg.official_compat)
         # each net decays linearly to 0 at the end on its own lr; G's schedule counts only its own steps
         g_total, md_total = max(cfg.iterations, 1), max(self.total_iterations, 1)
         self.scheds = [torch.optim.lr_scheduler.LambdaLR(self.step.opt_G, lr_factor(cfg, g_total))]

@@ -24,6 +24,8 @@ to sum to 1); images under 11 pixels use one scale with the window shrunk to the
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -146,3 +148,66 @@ def ms_ssim(x, y, data_range: float = 1.0, weights=MS_WEIGHTS, eps: float = MS_E
             win_size: int = WIN_SIZE, sigma: float = SIGMA) -> torch.Tensor:
     """Mean MS-SSIM over the batch (0-dim tensor, differentiable; use ``1 - ms_ssim`` as a loss)."""
     return ms_ssim_per_image(x, y, data_range, weights, eps, win_size, sigma).mean()
+
+
+# --- the official NeurMAP code's MS-SSIM (jorge-pessoa ``pytorch_msssim.msssim``), for official_compat --------
+
+def _official_range(img: torch.Tensor) -> float:
+    """Data range as pytorch_msssim guesses it from its *first* image: 255 if max > 128 else 1, minus -1 if
+    min < -0.5 else 0 (so 1, 2, 255 or 256)."""
+    hi = 255.0 if float(img.detach().max()) > 128 else 1.0
+    lo = -1.0 if float(img.detach().min()) < -0.5 else 0.0
+    return hi - lo
+
+
+def _official_window_1d(size: int, sigma: float = SIGMA, dtype=torch.float32, device=None) -> torch.Tensor:
+    """pytorch_msssim's Gaussian: centred on tap ``size // 2`` (off-centre for the even sizes it falls back to),
+    rounded to float32 and normalised in float32 as it does (the rounding shows at 1e-6 in the result)."""
+    g = torch.tensor([math.exp(-((k - size // 2) ** 2) / (2.0 * sigma * sigma)) for k in range(size)],
+                     dtype=torch.float32)
+    return (g / g.sum()).to(dtype=dtype, device=device)
+
+
+def ms_ssim_official(img1: torch.Tensor, img2: torch.Tensor, eps: float = MS_EPS) -> torch.Tensor:
+    """MS-SSIM exactly as the official NeurMAP training computes it (``pytorch_msssim.msssim``, jorge-pessoa),
+    so that ``official_compat`` reproduces the published iteration; :func:`ms_ssim` stays our default.
+
+    What differs from the standard :func:`ms_ssim` (all on purpose, to match): the result is
+    ``prod_{j<5}(cs_j^w_j · ssim_5^w_5)``, so the last-scale SSIM is raised to 4·w_5 = 0.5332; ``cs_j`` and
+    ``ssim_5`` are means over the whole batch (one number, not per image); the data range is guessed from
+    ``img1`` at every scale (:func:`_official_range`: argument order matters); always 5 scales, 2×2
+    average pooling that drops an odd row/column, the window shrunk to ``min(11, H, W)`` when a scale is
+    smaller (8×8 at the 5th scale of a 128² crop), no padding.
+
+    The one deliberate departure: the official formula is NaN when a ``cs_j`` or ``ssim_5`` is negative (a
+    fractional power of a negative number) and has an infinite gradient at 0. Here every term is floored at
+    ``eps`` before the power (a relu with a floor, as in :func:`ms_ssim`): wherever the official value is
+    finite and every term is above ``eps`` (all natural-image pairs) the two agree; where it would be NaN
+    this is finite, and a floored term passes no gradient. Images under 16 px have no 5th scale: refused.
+    """
+    x, y = as_pair(img1, img2)
+    if min(x.shape[-2:]) < 2 ** (len(MS_WEIGHTS) - 1):
+        raise InputError(f"official MS-SSIM needs images of at least {2 ** (len(MS_WEIGHTS) - 1)} px for its "
+                         f"5 scales, got {tuple(x.shape[-2:])}; use larger crops or official_compat: off")
+    c = x.shape[1]
+    ssim_last, terms = x.new_zeros(()), []
+    for level in range(len(MS_WEIGHTS)):
+        rng = _official_range(x)
+        win = min(WIN_SIZE, x.shape[-2], x.shape[-1])
+        g = _official_window_1d(win)                       # float32, multiplied out in float32 as published
+        w2 = g.view(-1, 1).mm(g.view(1, -1)).to(dtype=x.dtype, device=x.device).expand(c, 1, win, win)
+        mu1, mu2 = F.conv2d(x, w2, groups=c), F.conv2d(y, w2, groups=c)
+        s11 = F.conv2d(x * x, w2, groups=c) - mu1 * mu1
+        s22 = F.conv2d(y * y, w2, groups=c) - mu2 * mu2
+        s12 = F.conv2d(x * y, w2, groups=c) - mu1 * mu2
+        c1, c2 = (K1 * rng) ** 2, (K2 * rng) ** 2
+        v1, v2 = 2.0 * s12 + c2, s11 + s22 + c2
+        terms.append((v1 / v2).mean())
+        if level == len(MS_WEIGHTS) - 1:     # only the last scale's SSIM enters the formula
+            ssim_last = ((2.0 * mu1 * mu2 + c1) * v1 / ((mu1 * mu1 + mu2 * mu2 + c1) * v2)).mean()
+        else:
+            x, y = F.avg_pool2d(x, 2), F.avg_pool2d(y, 2)
+    wts = torch.tensor(MS_WEIGHTS, dtype=x.dtype, device=x.device)
+    cs = torch.stack(terms[:-1]).clamp_min(eps)            # finite where the official turns NaN (docstring)
+    last = ssim_last.clamp_min(eps)
+    return torch.prod(cs ** wts[:-1] * last ** wts[-1])
