@@ -16,6 +16,9 @@ then frozen to the export's static shape when it has one. Ranges per tensor:
 - ``mse`` (``QuantConfig``'s default): the (low, high) pair minimising the expected squared error of 8-bit quantization
   (clipping + rounding) over the histogram — for an image-to-image regression net the error that matters
   is squared error, not a classifier's KL divergence.
+
+The ONNX Runtime internals this needs (calibrator histograms, the entropy collector, the ranges cache) and the
+scoped silencing of its logging live in :mod:`.ort_compat`, pinned to one tested version range.
 """
 from __future__ import annotations
 
@@ -66,14 +69,14 @@ def _qtype(name: str):
 
 def prepare(fp32_path: str | Path, out_path: str | Path) -> Path:
     """ORT's quant_pre_process (graph optimisation + shape inference); the input is copied on failure."""
-    import logging
-
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    logging.getLogger().setLevel(logging.ERROR)
+    from . import ort_compat
+
     # ONNX shape inference only: ORT's symbolic shape inference with auto_merge merges H/2 with H on the patch
     # hierarchy of DMPHN and writes wrong value_info, which then breaks buffer reuse at run time
-    quant_pre_process(str(fp32_path), str(out_path), skip_symbolic_shape=True)
+    with ort_compat.quiet():
+        quant_pre_process(str(fp32_path), str(out_path), skip_symbolic_shape=True)
     return Path(out_path)
 
 
@@ -89,24 +92,24 @@ def op_types() -> list[str]:
 def collect_histograms(model_path: str | Path, frames: np.ndarray, num_bins: int = 2048, chunk: int = 2,
                        input_name: Optional[str] = None) -> dict[str, tuple]:
     """{tensor: (hist, edges, min, max)} of every tensor the quantizer will need, over all ``frames``."""
-    import contextlib
-    import io
-
     from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
 
     from neurmap.calibration.reader import FrameReader
 
+    from . import ort_compat
+
+    ort_compat.check_version()
     reader = FrameReader.for_model(frames, model_path) if input_name is None else FrameReader(frames, input_name)
-    with tempfile.TemporaryDirectory(prefix="neurmap-calib-") as tmp, contextlib.redirect_stdout(io.StringIO()):
+    with tempfile.TemporaryDirectory(prefix="neurmap-calib-") as tmp, ort_compat.quiet():
         cal = create_calibrator(Path(model_path), op_types(), augmented_model_path=str(Path(tmp) / "aug.onnx"),
                                 calibrate_method=CalibrationMethod.Percentile,
                                 extra_options={"symmetric": False, "num_bins": num_bins, "percentile": 99.99})
         for start in range(0, len(reader.frames), chunk):
             reader.set_range(start, start + chunk)
             cal.collect_data(reader)
-        hd = cal.collector.histogram_dict
+        hists = ort_compat.histograms(cal)
         del cal
-    return {k: (v[0], v[1], v[2], v[3]) for k, v in hd.items()}
+    return hists
 
 
 def _mse_range(hist: np.ndarray, edges: np.ndarray, mn: float, mx: float, levels: int = 255) -> tuple[float, float]:
@@ -155,23 +158,17 @@ def ranges_from_histograms(hists: dict[str, tuple], method: str = "mse", percent
     """{tensor: (lo, hi)} by ``method`` (see the module doc)."""
     out: dict[str, tuple[float, float]] = {}
     if method == "entropy":
-        import contextlib
-        import io
+        from .ort_compat import entropy_thresholds
 
-        from onnxruntime.quantization.calibrate import HistogramCollector
-
-        col = HistogramCollector(method="entropy", symmetric=False, num_bins=512, num_quantized_bins=128,
-                                 percentile=percentile, scenario="same")
+        small = {}
         for k, (h, e, mn, mx) in hists.items():
             f = max(1, len(h) // 512)
             n = (len(h) // f) * f
             hh = h[:n].reshape(-1, f).sum(1)
             hh[-1] += h[n:].sum()
             ee = e[: n + 1: f].astype(np.float32)
-            col.histogram_dict[k] = (hh, ee, mn, mx, max(abs(mn), abs(mx)))
-        with contextlib.redirect_stdout(io.StringIO()):
-            res = col.compute_collection_result()
-        return {k: (float(v[0]), float(v[1])) for k, v in res.items()}
+            small[k] = (hh, ee, mn, mx)
+        return entropy_thresholds(small, num_bins=512, num_quantized_bins=128, percentile=percentile)
     for k, (h, e, mn, mx) in hists.items():
         mn, mx = float(mn), float(mx)
         if method == "minmax":
@@ -206,11 +203,9 @@ def with_input_range(ranges: dict, model_path, meta: dict) -> dict:
 
 
 def _ranges_cache(ranges: dict[str, tuple[float, float]], path: Path) -> Path:
-    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData, save_tensors_data
+    from .ort_compat import write_ranges
 
-    td = TensorsData(CalibrationMethod.MinMax,
-                     {k: (np.array(lo, np.float32), np.array(hi, np.float32)) for k, (lo, hi) in ranges.items()})
-    save_tensors_data(td, path)
+    write_ranges(ranges, path)
     return path
 
 
@@ -270,8 +265,11 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, frames: Optional[
     import onnx
     from onnxruntime.quantization import QuantFormat, quantize_static
 
+    from . import ort_compat
+
     cfg = config or QuantConfig()
     cfg.check()
+    ort_compat.check_version()
     t0 = time.perf_counter()
     meta = read_artifact_metadata(fp32_path)
     src = Path(dynamic_twin or fp32_path)
@@ -290,14 +288,13 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, frames: Optional[
             ranges = ranges_from_histograms(hists, cfg.method, cfg.percentile)
         ranges = with_input_range(ranges, pre, meta)
         cache = _ranges_cache(ranges, tmp / "ranges.json")
-        import logging
-        logging.getLogger().setLevel(logging.ERROR)
-        quantize_static(str(pre), str(tmp / "q.onnx"), None, quant_format=QuantFormat.QDQ,
-                        per_channel=cfg.per_channel, reduce_range=cfg.reduce_range,
-                        activation_type=_qtype(cfg.activation), weight_type=_qtype(cfg.weight),
-                        nodes_to_exclude=list(cfg.exclude), calibration_cache_path=str(cache),
-                        op_types_to_quantize=list(cfg.op_types) if cfg.op_types else None,
-                        extra_options={"ActivationSymmetric": cfg.activation == "s8", "WeightSymmetric": True})
+        with ort_compat.quiet():
+            quantize_static(str(pre), str(tmp / "q.onnx"), None, quant_format=QuantFormat.QDQ,
+                            per_channel=cfg.per_channel, reduce_range=cfg.reduce_range,
+                            activation_type=_qtype(cfg.activation), weight_type=_qtype(cfg.weight),
+                            nodes_to_exclude=list(cfg.exclude), calibration_cache_path=str(cache),
+                            op_types_to_quantize=list(cfg.op_types) if cfg.op_types else None,
+                            extra_options={"ActivationSymmetric": cfg.activation == "s8", "WeightSymmetric": True})
         q = onnx.load(str(tmp / "q.onnx"))
     if static_shape is not None:
         q = freeze_shape(q, *static_shape)
