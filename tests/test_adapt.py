@@ -267,6 +267,7 @@ def test_ort_hot_swap_between_frames(nets, exported):
 
 def test_ort_swap_falls_back_to_re_export_when_a_tensor_cannot_be_patched(nets, exported, monkeypatch):
     from neurmap.edge_runtime import hotswap
+    from neurmap.export import onnx_weights
     from neurmap.edge_runtime.backends import load_backend
 
     G0, _ = nets
@@ -275,7 +276,7 @@ def test_ort_swap_falls_back_to_re_export_when_a_tensor_cannot_be_patched(nets, 
 
     def unpatchable(*a, **k):
         raise KeyError("folded by the exporter")
-    monkeypatch.setattr(hotswap, "patch_onnx_initializers", unpatchable)
+    monkeypatch.setattr(onnx_weights, "patch_onnx_initializers", unpatchable)
     new = perturbed_state(G0)
     ref = clone_model(G0)
     ref.net.load_state_dict(new)

@@ -10,10 +10,12 @@ coremltools or a Mac without TensorRT still imports the package.
 """
 from __future__ import annotations
 
+import threading
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -75,6 +77,13 @@ class Backend(ABC):
     def describe(self) -> str:
         return f"{self.name} on {self.device} ({self.spec.describe()})"
 
+    def swapper(self, artifact: Path, model: Any = None, source_onnx: Optional[Path] = None) -> "HotSwap":
+        """The :class:`HotSwap` that puts adapted weights into this engine (``model``: the PyTorch weights it
+        was built from; ``source_onnx``: the ONNX a TensorRT engine was built from)."""
+        from neurmap.core.errors import NeurmapError
+
+        raise NeurmapError(f"no hot swap for the {self.name} backend")
+
 
 def _round_up(v: int, m: int) -> int:
     return -(-v // max(m, 1)) * max(m, 1)
@@ -109,3 +118,66 @@ def metadata_int(meta: dict, key: str, default: int) -> int:
         return max(1, int(meta.get(key, default)))
     except (TypeError, ValueError):
         return default
+
+
+class HotSwap:
+    """Wraps ``backend.infer``; :meth:`submit` queues an update that the next ``infer`` call applies first.
+
+    An update is *prepared* in the adaptation thread (the slow part: a new session, a patched ONNX, copies
+    of tensors) and *applied* by the inference thread at the start of its next ``infer`` call, so no frame
+    ever sees half-old, half-new weights and the stream never stops. Each backend file holds its subclass."""
+
+    kind = "base"
+
+    def __init__(self, backend: Any) -> None:
+        self.backend = backend
+        self.lock = threading.Lock()          # guards ``pending`` only: a submit never waits for a frame
+        self.pending: Any = None
+        self.swaps = 0
+        self.frames = 0
+        self.apply_ms: list[float] = []
+        self.taps: list[Callable[[np.ndarray], None]] = []
+        self._infer = backend.infer
+        backend.infer = self.infer             # instance attribute: the pipeline calls this one
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        with self.lock:
+            update, self.pending = self.pending, None
+        if update is not None:
+            t0 = time.perf_counter()
+            self._apply(update)
+            self.apply_ms.append((time.perf_counter() - t0) * 1000)
+            self.swaps += 1
+        y = self._infer(batch)
+        self.frames += 1
+        for tap in self.taps:
+            tap(batch)
+        return y
+
+    def submit(self, state: dict) -> None:
+        """Prepare ``state`` (the adapted net's state dict) here, apply it before the next frame."""
+        prepared = self._prepare(state)
+        with self.lock:
+            self.pending = prepared
+
+    def swap_now(self, state: dict) -> None:
+        """Prepare and apply at once (no stream running: offline use, tests)."""
+        self._apply(self._prepare(state))
+        self.swaps += 1
+
+    def detach(self) -> None:
+        if self.backend.__dict__.get("infer") == self.infer:
+            del self.backend.infer
+
+    def stats(self) -> dict:
+        ms = self.apply_ms
+        return {"engine": self.kind, "swaps": self.swaps, "pending": self.pending is not None,
+                "apply_ms_max": round(max(ms), 2) if ms else None,
+                "apply_ms_mean": round(sum(ms) / len(ms), 2) if ms else None}
+
+    # -- per engine --
+    def _prepare(self, state: dict) -> Any:
+        raise NotImplementedError
+
+    def _apply(self, prepared: Any) -> None:
+        raise NotImplementedError

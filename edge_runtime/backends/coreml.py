@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import Backend, InputSpec, metadata_int, missing_engine, sidecar_metadata
+from .base import Backend, HotSwap, InputSpec, metadata_int, missing_engine, sidecar_metadata
 
 
 class CoreMLBackend(Backend):
@@ -71,3 +71,44 @@ class CoreMLBackend(Backend):
                 y = np.asarray(y.convert("RGB"), np.float32).transpose(2, 0, 1)[None] / 255.0
             outs.append(np.asarray(y, np.float32).reshape((1,) + x.shape))
         return np.concatenate(outs)
+
+    def swapper(self, artifact, model=None, source_onnx=None) -> "CoreMLSwap":
+        from neurmap.core.errors import NeurmapError
+
+        if model is None:
+            raise NeurmapError("Core ML adaptation needs the PyTorch weights: --adapt-opts weights=W")
+        return CoreMLSwap(self, model)
+
+
+class CoreMLSwap(HotSwap):
+    """Core ML: re-convert the adapted model and load a new MLModel (prediction needs macOS). Core ML's own
+    on-device update API (``MLUpdateTask``) exists only for the old neuralnetwork format with MSE or
+    cross-entropy losses: it cannot express the reblur/motion-net loss, so the adaptation runs in PyTorch and
+    the model is re-converted."""
+
+    kind = "coreml"
+
+    def __init__(self, backend, model) -> None:
+        super().__init__(backend)
+        self.model = model
+
+    def _prepare(self, state):
+        import copy
+
+        from neurmap.core.errors import NeurmapError
+        try:
+            from neurmap.export import coreml_export  # type: ignore[attr-defined]
+        except ImportError:
+            raise NeurmapError("Core ML hot swap needs the Core ML exporter (neurmap.export.coreml_export) and "
+                               "macOS to load the result; adapt offline with `neurmap adapt` and re-export") from None
+        import tempfile
+
+        m = copy.deepcopy(self.model).cpu()
+        m.net.load_state_dict(state)
+        tmp = Path(tempfile.mkdtemp()) / "adapted.mlpackage"
+        coreml_export.export_coreml(m, tmp)  # pragma: no cover - macOS only
+        import coremltools as ct  # pragma: no cover
+        return ct.models.MLModel(str(tmp))  # pragma: no cover
+
+    def _apply(self, mlmodel) -> None:  # pragma: no cover - macOS only
+        self.backend.model = mlmodel

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import Backend, InputSpec, metadata_int, missing_engine
+from .base import Backend, HotSwap, InputSpec, metadata_int, missing_engine
 
 #: preferred order; the first one this onnxruntime build offers wins (CPU always closes the list)
 PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CoreMLExecutionProvider",
@@ -102,5 +102,68 @@ class OnnxRuntimeBackend(Backend):
         return f"onnxruntime [{', '.join(p.replace('ExecutionProvider', '') for p in self.providers)}] " \
                f"({self.spec.describe()})"
 
+    def swapper(self, artifact, model=None, source_onnx=None) -> "OrtSwap":
+        from neurmap.export.onnx_weights import reexport_bytes
+
+        ref = model.net.state_dict() if model is not None else None
+
+        def reexport(state, model=model):
+            return reexport_bytes(model, state, artifact)
+        return OrtSwap(self, artifact, reference=ref, reexport=reexport if model is not None else None)
+
     def close(self) -> None:
         self.session = None
+
+
+class OrtSwap(HotSwap):
+    """ONNX Runtime: the served ONNX's initializers are replaced by name (``net.<state key>``; graph and
+    metadata unchanged), a new ``InferenceSession`` is built from those bytes off the stream, and the
+    backend's session reference is swapped. Where the export folded or renamed a changed tensor (e.g.
+    all-zero biases deduplicated by onnxslim), the graph is re-exported from the adapted model instead."""
+
+    kind = "onnxruntime"
+
+    def __init__(self, backend, onnx_path, reference=None, reexport=None) -> None:
+        import onnx
+
+        super().__init__(backend)
+        self.path = Path(onnx_path)
+        self.proto = onnx.load(str(self.path))
+        self.reference = {k: v.detach().cpu().clone() for k, v in (reference or {}).items()}
+        self.reexport = reexport
+        self.reexports = 0
+
+    def model_bytes(self, state) -> bytes:
+        from neurmap.core.errors import NeurmapError
+        from neurmap.export import onnx_weights
+
+        try:
+            return onnx_weights.patch_onnx_initializers(self.proto, state, self.reference).SerializeToString()
+        except KeyError as e:
+            if self.reexport is None:
+                raise NeurmapError(f"{self.path}: cannot patch the adapted weights in ({e}) and no re-export is "
+                                   "available") from None
+            self.reexports += 1
+            return self.reexport(state)
+
+    def _prepare(self, state):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        threads = getattr(self.backend, "options", {}).get("threads")
+        if threads:
+            so.intra_op_num_threads = int(threads)
+        old = self.backend.session
+        providers = old.get_providers()
+        opts = old.get_provider_options()
+        sess = ort.InferenceSession(self.model_bytes(state), sess_options=so,
+                                    providers=[(p, opts.get(p, {})) for p in providers])
+        return sess
+
+    def _apply(self, sess) -> None:
+        self.backend.session = sess
+
+    def stats(self) -> dict:
+        return {**super().stats(), "reexports": self.reexports}

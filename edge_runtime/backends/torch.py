@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import Backend, InputSpec, missing_engine
+from .base import Backend, HotSwap, InputSpec, missing_engine
 
 
 class TorchBackend(Backend):
@@ -43,5 +43,23 @@ class TorchBackend(Backend):
             y = self.model(x)
             return y.float().cpu().numpy()
 
+    def swapper(self, artifact, model=None, source_onnx=None) -> "TorchSwap":
+        return TorchSwap(self)
+
     def close(self) -> None:
         self.model = None
+
+
+class TorchSwap(HotSwap):
+    """PyTorch backend: ``load_state_dict`` into the served net between frames."""
+
+    kind = "torch"
+
+    def _prepare(self, state):
+        net = self.backend.model.net
+        dev = next(net.parameters()).device
+        return {k: v.detach().to(dev, copy=True) for k, v in state.items()}
+
+    def _apply(self, prepared) -> None:
+        with self.backend._torch.no_grad():
+            self.backend.model.net.load_state_dict(prepared)
