@@ -458,7 +458,8 @@ class Trainer:
         cfg = self.cfg
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.json").write_text(json.dumps(cfg.as_dict(), indent=2))
+            text = json.dumps(cfg.as_dict(), indent=2)       # atomically: --resume reads it back
+            atomic_write(self.run_dir / "config.json", lambda t: Path(t).write_text(text))
         dev = self.rt.device
         total, warmup = self.total_iterations, self.total_iterations - cfg.iterations
         batches: Any = (self.sampler.batch(it) for it in range(self.start, total))
