@@ -19,195 +19,27 @@ Accepted data: a path to ``<root>/{blur,sharp}/`` (paired, matched by file name)
 ``<root>/<split>/<seq>/{blur,sharp}/`` or ``<root>/<seq>/{blur,sharp}/`` (several splits: ``test`` is
 used), a folder of images / a video / one image (unpaired); or any dataset object whose items are dicts
 (``blurry``/``sharp``/``motion``, or ``image``), ``(blurry, sharp)`` pairs or lone image tensors.
+
+Recognising the data lives in :mod:`.eval_data`, the grid / table / JSON reports in :mod:`.eval_report`
+(both re-exported here).
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence, Union
+from typing import Any, Iterable, Optional, Sequence
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .errors import InputError, NeurmapError
+from .eval_data import EvalData, _center_crop, _select, open_data  # noqa: F401  (re-exported)
+from .eval_report import (GRID_TILE_WIDTH, HIGHER_IS_BETTER, METRICS, UNITS, PathLike,  # noqa: F401
+                          summary_rows, write_grid, write_json)
 
-METRICS = ("psnr", "ssim", "lpips", "niqe")
 FULL_REFERENCE = ("psnr", "ssim", "lpips")
-HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips": False, "niqe": False}
-UNITS = {"psnr": "dB", "ssim": "", "lpips": "", "niqe": ""}
 GRID_EXAMPLES = 4
-GRID_TILE_WIDTH = 320
-_PAIR_DIRS = ("blur", "sharp")
-_HINT = ("give a paired folder (<root>/blur/ + <root>/sharp/, same file names), the GoPro layout "
-         "(<root>/<split>/<seq>/{blur,sharp}/), an image folder or a video")
-
-PathLike = Union[str, Path]
-
-
-# ----------------------------------------------------------------------------------------------- data
-class EvalData:
-    """An indexable source of eval items with names, plus what kind of data it is (for the report)."""
-
-    def __init__(self, items, kind: str, description: str, names: Optional[Sequence[str]] = None,
-                 path: Optional[Path] = None) -> None:
-        self.items, self.kind, self.description, self.path = items, kind, description, path
-        self._names = names
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def name(self, i: int) -> str:
-        if self._names is not None and i < len(self._names):
-            return str(self._names[i])
-        return f"{i:05d}"
-
-    def get(self, i: int) -> dict:
-        """Item ``i`` as ``{"blurry": (3,H,W), "sharp": (3,H,W)|None, "motion": (2,H,W)|None}``."""
-        return _as_item(self.items[i], i)
-
-
-def _as_item(item: Any, i: int) -> dict:
-    blurry = sharp = motion = None
-    if isinstance(item, dict):
-        for k in ("blurry", "blur", "image", "input"):
-            if k in item:
-                blurry = item[k]
-                break
-        sharp, motion = item.get("sharp"), item.get("motion")
-    elif isinstance(item, (tuple, list)) and len(item) in (2, 3):
-        blurry, sharp = item[0], item[1]
-        motion = item[2] if len(item) == 3 else None
-    elif isinstance(item, torch.Tensor):
-        blurry = item
-    if not isinstance(blurry, torch.Tensor):
-        raise InputError(f"item {i} of the data is a {type(item).__name__} without a blurry image tensor; items "
-                         "must be dicts with 'blurry' (and 'sharp', 'motion') or 'image', (blurry, sharp) pairs or "
-                         "(3,H,W) tensors")
-
-    def chw(t: Optional[torch.Tensor], what: str, channels: int) -> Optional[torch.Tensor]:
-        if t is None:
-            return None
-        t = t.detach().to("cpu", torch.float32)
-        if t.dim() == 4 and t.shape[0] == 1:
-            t = t[0]
-        if t.dim() != 3 or t.shape[0] != channels:
-            raise InputError(f"item {i}: {what} must be ({channels},H,W), got shape {tuple(t.shape)}")
-        return t
-
-    blurry, sharp, motion = chw(blurry, "blurry", 3), chw(sharp, "sharp", 3), chw(motion, "motion", 2)
-    if sharp is not None and sharp.shape != blurry.shape:
-        raise InputError(f"item {i}: blurry {tuple(blurry.shape)} and sharp {tuple(sharp.shape)} differ in size")
-    if motion is not None and motion.shape[-2:] != blurry.shape[-2:]:
-        raise InputError(f"item {i}: motion {tuple(motion.shape)} and blurry {tuple(blurry.shape)} differ in size")
-    return {"blurry": blurry, "sharp": sharp, "motion": motion}
-
-
-def _is_pair_dir(p: Path) -> bool:
-    return all((p / d).is_dir() for d in _PAIR_DIRS)
-
-
-def _subdirs(p: Path) -> list[Path]:
-    return sorted((c for c in p.iterdir() if c.is_dir() and not c.name.startswith(".")), key=lambda c: c.name)
-
-
-def open_data(data: Any) -> EvalData:
-    """Recognise what ``data`` is (see the module docstring) and wrap it; :class:`InputError` otherwise."""
-    from .data import PairedFolder, UnpairedFolder
-    from .data.io import is_image_file, list_images
-    from .data.video import ImageFolderFrames, is_video_file
-
-    if isinstance(data, EvalData):
-        return data
-    if not isinstance(data, (str, Path)):
-        return _wrap_dataset(data)
-    p = Path(data).expanduser()
-    if not p.exists():
-        raise InputError(f"data {p} does not exist; {_HINT}")
-    if p.is_file():
-        kind = "video" if is_video_file(p) else "image" if is_image_file(p) else "file"
-        src = UnpairedFolder(p)                     # any other file is tried as a video (clear error if not)
-        label = "single image" if kind == "image" else "video"
-        return EvalData(src, "unpaired", f"unpaired {label} {p} ({len(src)} frame{'s' * (len(src) != 1)}; "
-                        "no-reference metrics only)", [f"{p.stem}/{i:05d}" for i in range(len(src))]
-                        if kind != "image" else [p.stem], p)
-    entries = [c for c in p.iterdir() if not c.name.startswith(".")]
-    if not entries:
-        raise InputError(f"data folder {p} is empty; {_HINT}")
-    if _is_pair_dir(p):
-        ds = PairedFolder(p)
-        return EvalData(ds, "paired", f"paired folder {p} (blur/ + sharp/, {len(ds)} pairs)", ds.names, p)
-    subs = _subdirs(p)
-    seqs = [c for c in subs if _is_pair_dir(c)]
-    if seqs:
-        ds = PairedFolder(p)
-        return EvalData(ds, "gopro", f"GoPro layout {p} ({len(seqs)} sequences <seq>/{{blur,sharp}}/, "
-                        f"{len(ds)} pairs)", ds.names, p)
-    splits = [c for c in subs if any(_is_pair_dir(q) for q in _subdirs(c))]
-    if splits:
-        names = [c.name for c in splits]
-        if len(splits) == 1:
-            split = names[0]
-        elif "test" in names:
-            split = "test"
-        else:
-            raise InputError(f"{p} holds several splits {names} and none is 'test'; point --data at the split "
-                             f"to evaluate, e.g. {p / names[0]}")
-        ds = PairedFolder(p, split=split)
-        n_seq = sum(_is_pair_dir(q) for q in _subdirs(p / split))
-        other = f"; other splits {[n for n in names if n != split]} ignored" if len(splits) > 1 else ""
-        return EvalData(ds, "gopro", f"GoPro layout {p}, split '{split}' ({n_seq} sequences, {len(ds)} pairs{other})",
-                        ds.names, p)
-    if list_images(p):
-        ds = UnpairedFolder(p)
-        files = ds.source.files if isinstance(ds.source, ImageFolderFrames) else None
-        return EvalData(ds, "unpaired", f"unpaired image folder {p} ({len(ds)} images; no-reference metrics only)",
-                        [f.stem for f in files] if files else None, p)
-    raise InputError(f"unrecognised data folder {p}: no blur/ + sharp/ folders (paired or GoPro layout) and no "
-                     f"images in it; {_HINT}")
-
-
-def _wrap_dataset(ds: Any) -> EvalData:
-    try:
-        n = len(ds)
-    except TypeError:
-        raise InputError(f"data must be a path or an indexable dataset with len(), got {type(ds).__name__}") from None
-    if n == 0:
-        raise InputError(f"the {type(ds).__name__} given as data is empty")
-    names = getattr(ds, "names", None)
-    src = getattr(ds, "source", None)
-    if names is None and hasattr(src, "files") and len(getattr(src, "files")) == n:
-        names = [Path(f).stem for f in src.files]
-    first = _as_item(ds[0], 0)
-    kind = "paired" if first["sharp"] is not None else "unpaired"
-    extra = ", with ground-truth motion" if first["motion"] is not None else ""
-    desc = f"{type(ds).__name__} dataset ({n} items, {kind}{extra})"
-    if kind == "unpaired":
-        desc = desc[:-1] + "; no-reference metrics only)"
-    return EvalData(ds, kind, desc, names, None)
-
-
-def _select(n: int, max_images: Optional[int]) -> list[int]:
-    """All indices, or ``max_images`` of them evenly spaced over the data (first and last included)."""
-    if max_images is None or max_images >= n:
-        return list(range(n))
-    if int(max_images) < 1:
-        raise InputError(f"max_images must be at least 1, got {max_images}")
-    if max_images == 1:
-        return [0]
-    return sorted({int(round(v)) for v in np.linspace(0, n - 1, int(max_images))})
-
-
-def _center_crop(item: dict, crop: Optional[tuple[int, int]]) -> dict:
-    if crop is None:
-        return item
-    h, w = item["blurry"].shape[-2:]
-    ch, cw = min(int(crop[0]), h), min(int(crop[1]), w)
-    top, left = (h - ch) // 2, (w - cw) // 2
-    return {k: (v[..., top:top + ch, left:left + cw].contiguous() if v is not None else None) for k, v in item.items()}
 
 
 # --------------------------------------------------------------------------------------------- models
@@ -332,65 +164,6 @@ def _motion_error(pred: torch.Tensor, truth: torch.Tensor) -> dict:
 
     d = (canonical_motion(pred.float()) - canonical_motion(truth.float())) * MOTION_SCALE   # px
     return {"mse_px2": _num(d.pow(2).mean()), "epe_px": _num(d.norm(dim=1).mean())}
-
-
-# ----------------------------------------------------------------------------------------------- grid
-def _tile(img: torch.Tensor, width: int) -> torch.Tensor:
-    h, w = img.shape[-2:]
-    if w <= width:
-        return img.clone()
-    nh = max(1, int(round(h * width / w)))
-    return F.interpolate(img[None], size=(nh, width), mode="bilinear", align_corners=False, antialias=True)[0].clamp(0, 1)
-
-
-def _label(arr: np.ndarray, text: str, org: tuple[int, int], scale: float = 0.45) -> None:
-    import cv2
-
-    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
-    x, y = org
-    cv2.rectangle(arr, (x - 2, y - th - 3), (x + tw + 2, y + base), (0, 0, 0), thickness=-1)
-    cv2.putText(arr, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
-
-
-def write_grid(path: PathLike, rows: Sequence[dict], tile_width: int = GRID_TILE_WIDTH, gap: int = 4) -> Path:
-    """A PNG grid, one row per example: blurry | deblurred | sharp (when any row has one), written atomically.
-
-    ``rows``: dicts with (3,H,W) tensors ``blurry``, ``output``, optionally ``sharp``, and optional captions
-    ``caption_blurry`` / ``caption_output``.
-    """
-    from .data.io import array_to_tensor, tensor_to_array, write_image
-
-    if not rows:
-        raise InputError("no examples to put in the grid")
-    cols = ["blurry", "output"] + (["sharp"] if any(r.get("sharp") is not None for r in rows) else [])
-    titles = {"blurry": "blurry (input)", "output": "deblurred (output)", "sharp": "sharp (target)"}
-    tiles = [[_tile(r[c], tile_width) if r.get(c) is not None else None for c in cols] for r in rows]
-    tw = max(t.shape[-1] for row in tiles for t in row if t is not None)
-    heights = [max(t.shape[-2] for t in row if t is not None) for row in tiles]
-    header = 22
-    H = header + sum(heights) + gap * (len(rows) - 1)
-    W = len(cols) * tw + gap * (len(cols) - 1)
-    canvas = torch.ones(3, H, W)
-    y = header
-    for r, row, rh in zip(rows, tiles, heights):
-        for j, t in enumerate(row):
-            x = j * (tw + gap)
-            if t is None:
-                canvas[:, y:y + rh, x:x + tw] = 0.5
-            else:
-                canvas[:, y:y + t.shape[-2], x:x + t.shape[-1]] = t
-        y += rh + gap
-    arr = tensor_to_array(canvas).copy()                   # (H,W,3) RGB uint8
-    for j, c in enumerate(cols):
-        _label(arr, titles[c], (j * (tw + gap) + 4, 16), 0.5)
-    y = header
-    for r, rh in zip(rows, heights):
-        for j, c in enumerate(cols):
-            cap = r.get(f"caption_{c}")
-            if cap:
-                _label(arr, cap, (j * (tw + gap) + 4, y + rh - 6))
-        y += rh + gap
-    return write_image(path, array_to_tensor(arr, bgr=False))
 
 
 # ------------------------------------------------------------------------------------------ evaluation
@@ -560,40 +333,6 @@ def _progress(enabled: bool):
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                     console=Console(stderr=True), transient=True, disable=not enabled)
-
-
-# -------------------------------------------------------------------------------------------- reports
-def summary_rows(result: dict) -> list[tuple[str, str, str, str, str]]:
-    """(metric, better, input, output, change) strings for a summary table of ``result['means']``."""
-    def fmt(v: Optional[float], m: str, signed: bool = False) -> str:
-        if v is None:
-            return "-"
-        digits = 2 if m in ("psnr", "niqe") else 4
-        s = f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}"
-        return f"{s} {UNITS[m]}".strip()
-
-    means = result["means"]
-    rows = []
-    for m in METRICS:
-        if m not in means["input"]:
-            continue
-        rows.append((m.upper(), "higher" if HIGHER_IS_BETTER[m] else "lower", fmt(means["input"][m], m),
-                     fmt(means["output"][m], m), fmt(means["gain"].get(m), m, signed=True)))
-    if "sharp" in means:
-        rows.append(("NIQE of sharp", "lower", "-", fmt(means["sharp"]["niqe"], "niqe"), "(reference)"))
-    if "motion" in means:
-        mo = means["motion"]
-        rows.append(("motion MSE px^2", "lower", "-", "-" if mo["mse_px2"] is None else f"{mo['mse_px2']:.3f}", ""))
-        rows.append(("motion EPE px", "lower", "-", "-" if mo["epe_px"] is None else f"{mo['epe_px']:.3f}", ""))
-    return rows
-
-
-def write_json(result: dict, path: PathLike) -> Path:
-    """Write ``result`` as indented JSON, atomically (temp file + rename)."""
-    from .checkpoint import atomic_write
-
-    text = json.dumps(result, indent=2, allow_nan=False)
-    return atomic_write(Path(path), lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
 
 
 __all__ = ["evaluate", "open_data", "EvalData", "write_grid", "write_json", "summary_rows", "METRICS"]
