@@ -34,8 +34,9 @@ def machine() -> dict:
             "load_avg_1m": os.getloadavg()[0], "date": time.strftime("%Y-%m-%d %H:%M")}
 
 
-def report(name: str, rows: list[dict], extra: dict | None = None) -> Path:
-    """Print ``rows`` as a table and write them with machine facts to bench/results/NAME.json."""
+def report(name: str, rows: list[dict], extra: dict | None = None, results: Path | None = None) -> Path:
+    """Print ``rows`` as a table and write them with machine facts to ``results``/NAME.json (default
+    bench/results; the experiments pass experiments/results)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -46,8 +47,9 @@ def report(name: str, rows: list[dict], extra: dict | None = None) -> Path:
     for r in rows:
         t.add_row(*[f"{r[c]:.4g}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols])
     Console().print(t)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+    results = RESULTS if results is None else Path(results)
+    results.mkdir(parents=True, exist_ok=True)
+    path = results / f"{name}.json"
     path.write_text(json.dumps({"machine": machine(), "rows": rows, **(extra or {})}, indent=2))
     print(f"wrote {path}")
     return path

@@ -1,4 +1,4 @@
-"""Does NeurMAP's unpaired objective prefer the truth? ``python bench/objective_check.py`` -> objective_check.json.
+"""Does NeurMAP's unpaired objective prefer the truth? ``python experiments/objective_check.py`` -> objective_check.json.
 
 Training (issue 3) and on-device adaptation (issue 6) both push G along SPEC's unpaired G terms:
 ``100·ℓ_rb(R(Ŝ, sg[m_rel]), B) + 0.5·(|vn M(Ŝ)| − μ_sharp)²`` with ``m_rel = vn M(B) − vn M(Ŝ)``. A gradient step
@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from _setup import RESULTS  # noqa: I001  (first: puts bench/ on sys.path)
 from common import report
 from neurmap.core import load_motion, load_weights
 from neurmap.core import losses as L
@@ -96,7 +97,7 @@ def main() -> None:
             if k not in best or r[col] < best[k][col]:
                 best[k] = r
         lowest[col] = {k: r["candidate"] for k, r in best.items()}
-    report("objective_check", rows, {"lowest": lowest, "adapt_weights": ADAPT_W, "true_motion_border_px": BORDER})
+    report("objective_check", rows, {"lowest": lowest, "adapt_weights": ADAPT_W, "true_motion_border_px": BORDER}, results=RESULTS)
 
 
 if __name__ == "__main__":

@@ -3,9 +3,9 @@
 Same start, data, seed, iterations and held-out scoring as the proof; each row changes one thing in (b):
 no reblur term (λ_G_reblur = 0), no adversarial term (λ_G_global = 0), neither (content + sharp prior only),
 and SPEC's real-blur config (λ_G_reblur 10, λ_G_Itv 1, λ_M_tv 0.02, lr_G 1e-5). Writes
-bench/results/neurmap_proof_ablation.json.
+experiments/results/neurmap_proof_ablation.json.
 
-    python bench/neurmap_proof_ablation.py [--iterations 40]
+    python experiments/neurmap_proof_ablation.py [--iterations 40]
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import argparse
 import time
 from pathlib import Path
 
+from _setup import RESULTS  # noqa: I001  (first: puts bench/ on sys.path)
 from common import report
 from neurmap_proof import config, held_out, motion_reading, score
 from neurmap.core.step import LossWeights
@@ -51,7 +52,7 @@ def main() -> None:
         rows.append({"variant": name, **score(out / "final.safetensors", kernel, car),
                      **motion_reading(out / "final.safetensors", kernel), "train_s": round(time.perf_counter() - t)})
         print(rows[-1], flush=True)
-    report("neurmap_proof_ablation", rows, {"settings": vars(args)})
+    report("neurmap_proof_ablation", rows, {"settings": vars(args)}, results=RESULTS)
 
 
 if __name__ == "__main__":

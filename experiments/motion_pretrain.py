@@ -15,8 +15,8 @@ Sharp sources (``adapt_bench._sources``): gopro240 frames 0-79 (the proof's *pai
 80-99 and held-out 100-119 are never seen), Levin's sharp images, scikit-image photos other than the adaptation
 bench's test scenes. Held-out score: kernel blur of gopro240 frames 100-119 (96² textured crops).
 
-    python bench/motion_pretrain.py [--minutes 40] [--init runs/adapt/motion_kernel.safetensors]
-        -> runs/motion/motion_pretrained.safetensors (+ .json), bench/results/motion_pretrain.json
+    python experiments/motion_pretrain.py [--minutes 40] [--init runs/adapt/motion_kernel.safetensors]
+        -> runs/motion/motion_pretrained.safetensors (+ .json), experiments/results/motion_pretrain.json
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from _setup import RESULTS  # noqa: I001  (first: puts bench/ on sys.path)
 from adapt_bench import SHARED, _sources, sample_batch, save_motion_net, sign_invariant_l1
 from common import report
 
@@ -137,7 +138,7 @@ def main() -> None:
     rows = [{"": k, **{c: stats[k][c] for c in ("heldout_l1_px", "zero_predictor_l1_px", "reads_px", "true_px",
                                                "on_sharp_px", "reblur_mse_M", "reblur_mse_true")}}
             for k in ("before", "after")]
-    report("motion_pretrain", rows, stats)
+    report("motion_pretrain", rows, stats, results=RESULTS)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""What can 20 adaptation steps reach when the loss is right? ``python bench/adapt_oracle.py`` -> adapt_oracle.json.
+"""What can 20 adaptation steps reach when the loss is right? ``python experiments/adapt_oracle.py`` -> adapt_oracle.json.
 
 Issue 6's goal is +0.5 dB within 20 steps on the adaptation bench's domain shift (kernel-synthesized camera shake,
 bench/adapt_bench.py). This separates the two things that decide it, on the same stream, eval crops, parameter
@@ -13,7 +13,7 @@ sets and step budget:
 Reblur losses are taken away from a 16-px border (R samples zeros outside a crop). Batch 2 of 96² crops from the
 stream's 192² frames, Adam, gradient-norm clip 1, PSNR on the bench's 16 held-out 128² crops every 10 steps.
 
-    python bench/adapt_oracle.py [--motion runs/motion/motion_pretrained.safetensors] [--threads 2]
+    python experiments/adapt_oracle.py [--motion runs/motion/motion_pretrained.safetensors] [--threads 2]
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from _setup import RESULTS  # noqa: I001  (first: puts bench/ on sys.path)
 import adapt_bench as ab
 from common import report
 from neurmap.core import load_motion, load_weights
@@ -108,7 +109,7 @@ def main() -> None:
     stream = stream_with_truth()
     rows = [run(kind, params, lr, G0, M, stream, eb, es) for kind, params, lr in RUNS]
     report("adapt_oracle", rows, {"motion_net": str(Path(a.motion)), "steps": STEPS, "batch": 2, "crop": 96,
-                                  "border_px": BORDER, "threads": a.threads, "load_avg": ab.load_avg()})
+                                  "border_px": BORDER, "threads": a.threads, "load_avg": ab.load_avg()}, results=RESULTS)
 
 
 if __name__ == "__main__":
