@@ -10,7 +10,7 @@ blur of frames 80-99 and the real `car` frames 0-39. Held out for evaluation: ke
 
 With ``--warmup N`` a third run, (b') NeurMAP after N warm-up iterations of M and D alone (G frozen), tests the
 explanation for (b) losing: a fresh motion net reads almost no motion, so the reblur term pulls G toward the
-identity. ``--motion`` adds (b''): M starts from a pre-trained motion net (bench/motion_pretrain.py) instead of
+identity. ``--motion`` adds (b''): M starts from a pre-trained motion net (experiments/motion_pretrain.py) instead of
 Xavier init. Every trained run also reports what its motion net reads on the held-out kernel blur (mean |motion|,
 error against the known field, in pixels).
 """
@@ -86,7 +86,7 @@ def main() -> None:
     ap.add_argument("--precision", default="bf16")
     ap.add_argument("--motion", default=None,
                     help="also run (b'') NeurMAP with M starting from this pre-trained motion net "
-                         "(bench/motion_pretrain.py); SPEC starts M from Xavier init")
+                         "(experiments/motion_pretrain.py); SPEC starts M from Xavier init")
     ap.add_argument("--motion-lr", type=float, default=None,
                     help="lr_M for the (b'') run (0 keeps the pre-trained M fixed; default SPEC's 1e-4)")
     ap.add_argument("--only-motion-run", action="store_true", help="skip (a)/(b) training; reuse them from --out")

@@ -15,7 +15,7 @@ well as before) must not drop — the objective alone can be lowered by drifting
 the motion net underestimates the blur, which the probe catches. Otherwise the round is rolled back to
 bit-identical original tensors. A round is skipped before any step when M reads less than ``min_blur_px``
 of blur in the held-out frames: then m_rel ≈ 0, R(Ŝ, 0) = Ŝ, and the objective is lowest at Ŝ = B
-(``bench/objective_check.py`` measures this), so steps could only undo deblurring.
+(``experiments/objective_check.py`` measures this), so steps could only undo deblurring.
 
 Parts
     :class:`AdaptConfig`   every knob, with the defaults the bench justifies
@@ -561,7 +561,7 @@ class Adapter:
         before = score(self.G, self.M, held, mu, cfg, with_niqe=use_niqe)
         if before.blur_px < cfg.min_blur_px:
             # R(Ŝ, m_rel) with m_rel ≈ 0 is Ŝ itself: the reblur term would only pull G back toward its input
-            # (bench/objective_check.py), so no step is worth taking — sharp frames, or a motion net that
+            # (experiments/objective_check.py), so no step is worth taking — sharp frames, or a motion net that
             # cannot read this camera's blur.
             reason = (f"skipped: the motion net reads {before.blur_px:.2f} px of blur in the held-out frames "
                       f"(min_blur_px {cfg.min_blur_px:g}); either the frames are sharp or the motion net cannot "

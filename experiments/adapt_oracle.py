@@ -97,7 +97,7 @@ def run(kind: str, params: str, lr: float, G0, M, stream, eb, es) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--motion", default=str(ab.ROOT / "runs" / "motion" / "motion_pretrained.safetensors"),
-                    help="motion net for the M_* rows (bench/motion_pretrain.py)")
+                    help="motion net for the M_* rows (experiments/motion_pretrain.py)")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)

@@ -1,7 +1,7 @@
 """Pre-train the motion net M supervised on kernel-synthesized blur with a known motion field.
 
 Why: issues 3 and 6 both found that SPEC's unpaired G terms pull G toward its input unless M reads the blur in B
-(bench/objective_check.py): the reblur term is exactly zero at the identity. M trained from Xavier init with
+(experiments/objective_check.py): the reblur term is exactly zero at the identity. M trained from Xavier init with
 SPEC's own losses reads ~0.3 of ~4 px in a CPU-hour; the earlier supervised net (adapt_bench.train, 2,246 steps
 of 64² crops, one thread on a busy box) reads 0.85 of 4.15 px on the adaptation bench's crops. This script gives
 M far more supervised steps in the same wall time: bf16 autocast, channels-last, both cores, batches of 96² crops,
@@ -117,7 +117,7 @@ def train(minutes: float, init: Path | None, batch: int, crop: int, lr: float, r
              "seconds": round(time.perf_counter() - t0, 1), "batch": batch, "crop": crop, "lr": lr,
              "reblur_weight": reblur_weight, "threads": threads, "precision": "bf16", "before": before,
              "after": after, "log": log}
-    save_motion_net(out, net, "bench/motion_pretrain.py",
+    save_motion_net(out, net, "experiments/motion_pretrain.py",
                     {k: v for k, v in stats.items() if k not in ("log", "before")}, stats)
     return stats
 
