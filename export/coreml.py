@@ -279,3 +279,72 @@ def spec_summary(ml_or_path) -> dict:
             "const_dtypes": {names.get(int(k), k): v for k, v in const_dtypes.items()},
             "spec_version": spec.specificationVersion,
             "metadata": dict(spec.description.metadata.userDefined)}
+
+
+class CoreMLPredictor:
+    """The one Core ML predictor (macOS): ``predictor(x) -> y`` on float32 (N,3,H,W) batches in [0, 1], for
+    multi-array and ``ImageType`` inputs (fed as RGB PIL images). Used by ``neurmap check``/``bench`` and
+    by the video runtime's Core ML backend. ``fixed_hw``/``max_batch``/``metadata`` describe the input."""
+
+    UNITS = ("all", "cpu", "gpu", "ane")
+
+    def __init__(self, path: str | Path, compute_units: str = "all") -> None:
+        import platform
+
+        ct = import_coremltools()
+        if platform.system() != "Darwin":
+            raise NeurmapError(f"{path}: Core ML models run only on macOS/iOS (coremltools on "
+                               f"{platform.system()} converts but cannot predict); use the .onnx or a TensorRT "
+                               "engine here")
+        units = {"all": ct.ComputeUnit.ALL, "cpu": ct.ComputeUnit.CPU_ONLY,
+                 "gpu": ct.ComputeUnit.CPU_AND_GPU, "ane": ct.ComputeUnit.CPU_AND_NE}
+        self.path, self.compute_units = Path(path), compute_units
+        try:
+            model = ct.models.MLModel(str(path), compute_units=units.get(compute_units))
+        except Exception as e:
+            raise NeurmapError(f"{path}: Core ML cannot load it ({str(e).splitlines()[0][:200]})") from None
+        self.set_model(model)
+
+    def set_model(self, model) -> None:
+        """Serve ``model`` (an ``MLModel``): its input name, kind and shapes are read again."""
+        desc = model.get_spec().description
+        if len(desc.input) != 1:
+            raise NeurmapError(f"{self.path}: expected one image input, found {len(desc.input)}")
+        inp = desc.input[0]
+        self.input_name = inp.name
+        self.output_name = next((o.name for o in desc.output if o.name == "sharp"), desc.output[0].name)
+        meta = {}
+        side = sidecar_path(self.path)
+        if side.is_file():
+            try:
+                meta = {str(k).removeprefix("neurmap."): v for k, v in json.loads(side.read_text()).items()}
+            except (OSError, ValueError):
+                meta = {}
+        meta.update({k.removeprefix("neurmap."): v for k, v in dict(model.user_defined_metadata).items()})
+        self.metadata = meta
+        kind = inp.type.WhichOneof("Type")
+        self.image_input = kind == "imageType"
+        if self.image_input:
+            self.fixed_hw = (int(inp.type.imageType.height), int(inp.type.imageType.width))
+            self.max_batch = 1
+        else:
+            arr = inp.type.multiArrayType
+            shape = [int(v) for v in arr.shape]
+            ranged = arr.WhichOneof("ShapeFlexibility") == "shapeRange"
+            self.fixed_hw = None if ranged else (shape[2], shape[3])
+            self.max_batch = max(1, shape[0] if shape else 1)
+        self.model = model
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        outs = []
+        for x in batch:  # Core ML predicts one sample at a time for these models
+            if self.image_input:
+                from PIL import Image
+                img = Image.fromarray((np.clip(x.transpose(1, 2, 0), 0, 1) * 255 + 0.5).astype(np.uint8))
+                y = self.model.predict({self.input_name: img})[self.output_name]
+            else:
+                y = self.model.predict({self.input_name: x[None].astype(np.float32)})[self.output_name]
+            if not isinstance(y, np.ndarray):  # ImageType output -> PIL image
+                y = np.asarray(y.convert("RGB"), np.float32).transpose(2, 0, 1)[None] / 255.0
+            outs.append(np.asarray(y, np.float32).reshape((1,) + x.shape))
+        return np.concatenate(outs)

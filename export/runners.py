@@ -5,7 +5,6 @@ Used by parity checks, ``neurmap check`` and ``neurmap bench`` (the video runtim
 """
 from __future__ import annotations
 
-import platform
 from pathlib import Path
 from typing import Callable
 
@@ -50,15 +49,9 @@ def raw_runner(path: str | Path, threads: int = 0) -> Callable[[np.ndarray], np.
         from .trt import TRTRunner
 
         return TRTRunner(path)
-    if platform.system() != "Darwin":
-        raise NeurmapError("Core ML prediction needs macOS (the .mlpackage converts anywhere; run it on a Mac or iPhone)")
-    import coremltools as ct  # pragma: no cover - macOS only
+    from .coreml import CoreMLPredictor
 
-    ml = ct.models.MLModel(str(path))  # pragma: no cover
-
-    def run(x):  # pragma: no cover
-        return np.concatenate([ml.predict({"blurry": x[i:i + 1]})["sharp"] for i in range(len(x))])
-    return run  # pragma: no cover
+    return CoreMLPredictor(path)
 
 
 def padded_runner(path: str | Path, threads: int = 0) -> Callable[[np.ndarray], np.ndarray]:

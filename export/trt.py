@@ -26,6 +26,7 @@ from typing import Optional, Sequence
 from neurmap.core.errors import NeurmapError
 
 from .onnx_export import read_artifact_metadata, sidecar_path
+from .trt_runtime import TRTRunner  # noqa: F401 - the one runner; re-exported for callers of export.trt
 
 TRT_MISSING = ("TensorRT needs an NVIDIA GPU with TensorRT (e.g. on the Jetson: JetPack ships it); "
                "`--target onnx` gives the portable artifact")
@@ -237,23 +238,27 @@ def check_engine_compat(engine_path: str | Path) -> dict:
 
 
 def load_engine(engine_path: str | Path):
-    """Deserialise an engine after the compatibility check; returns ``(engine, sidecar)``."""
+    """Deserialise an engine after the compatibility check (when its sidecar is there; an engine built
+    elsewhere has none); returns ``(engine, sidecar, tensorrt module, logger)``."""
     trt = import_tensorrt()
-    side = check_engine_compat(engine_path)
+    side = check_engine_compat(engine_path) if sidecar_path(engine_path).exists() else {}
     log = _Logger(trt)
     runtime = trt.Runtime(log.logger)
     engine = runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
     if engine is None:
-        raise NeurmapError(f"{engine_path}: TensorRT could not load it ({'; '.join(log.messages[-2:])[:200]})")
+        raise NeurmapError(f"{engine_path}: TensorRT {trt.__version__} could not load it "
+                           f"({'; '.join(log.messages[-2:])[:200]}) — engines only load with the TensorRT version "
+                           "and GPU they were built on; rebuild it here with `neurmap export --target trt --weights W`")
     _RUNTIMES.append(runtime)  # a runtime must outlive the engines it deserialised
-    return engine, side
+    _RUNTIMES.append(log)      # ... and the logger it reports to
+    return engine, side, trt, log.logger
 
 
 def refit_engine(engine_path: str | Path, onnx_path: str | Path, out_path: Optional[str | Path] = None) -> Path:
     """Put the weights of ``onnx_path`` (same graph, new values, e.g. after adaptation) into a REFIT engine and
     write it back atomically; the sidecar's weights hash is updated."""
     trt = import_tensorrt()
-    engine, side = load_engine(engine_path)
+    engine, side, _, _ = load_engine(engine_path)
     if side.get("refit") != "true":
         raise NeurmapError(f"{engine_path} was built without REFIT; rebuild it (refit is on by default)")
     src = Path(onnx_path)
@@ -280,32 +285,3 @@ def refit_engine(engine_path: str | Path, onnx_path: str | Path, out_path: Optio
     side = {**side, "weights_hash": new_meta.get("weights_hash", side.get("weights_hash")), "refit_from": str(onnx_path)}
     _atomic_bytes(sidecar_path(out), json.dumps(side, indent=2).encode())
     return out
-
-
-class TRTRunner:
-    """Runs an engine on numpy batches through torch CUDA tensors (one input ``blurry``, one output)."""
-
-    def __init__(self, engine_path: str | Path) -> None:
-        import torch
-
-        self.trt = import_tensorrt()
-        self.engine, self.side = load_engine(engine_path)
-        self.context = self.engine.create_execution_context()
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        mode = self.trt.TensorIOMode.INPUT
-        self.inp = next(n for n in names if self.engine.get_tensor_mode(n) == mode)
-        self.out = next(n for n in names if self.engine.get_tensor_mode(n) != mode)
-        self.stream = torch.cuda.Stream()
-
-    def __call__(self, x):
-        import numpy as np
-        import torch
-
-        xin = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).cuda()
-        self.context.set_input_shape(self.inp, tuple(xin.shape))
-        y = torch.empty(tuple(self.context.get_tensor_shape(self.out)), dtype=torch.float32, device="cuda")
-        self.context.set_tensor_address(self.inp, xin.data_ptr())
-        self.context.set_tensor_address(self.out, y.data_ptr())
-        self.context.execute_async_v3(self.stream.cuda_stream)
-        self.stream.synchronize()
-        return y.cpu().numpy()

@@ -1,15 +1,15 @@
 """Core ML backend (``.mlpackage`` / ``.mlmodel``): predicts on macOS only (coremltools can read, not run,
-a model on Linux). Takes multi-array inputs (N,3,H,W) and ``ImageType`` inputs (fed as RGB PIL images);
-enumerated shapes are offered to the pipeline as fixed shapes so the Neural Engine stays usable.
+a model on Linux), through export's one Core ML predictor (:class:`neurmap.export.coreml.CoreMLPredictor`:
+multi-array and ``ImageType`` inputs); this file maps it onto the backend interface and keeps the weight swap
+(a re-conversion) beside it.
 """
 from __future__ import annotations
 
-import platform
 from pathlib import Path
 
 import numpy as np
 
-from .base import Backend, HotSwap, InputSpec, metadata_int, missing_engine, sidecar_metadata
+from .base import Backend, HotSwap, InputSpec, metadata_int, missing_engine
 
 
 class CoreMLBackend(Backend):
@@ -18,59 +18,29 @@ class CoreMLBackend(Backend):
 
     def load(self, artifact: Path) -> None:
         try:
-            import coremltools as ct
+            import coremltools  # noqa: F401
         except ImportError:
             raise missing_engine("coremltools", self.install_hint) from None
-        from neurmap.core.errors import NeurmapError
+        from neurmap.export.coreml import CoreMLPredictor
 
-        if platform.system() != "Darwin":
-            raise NeurmapError(f"{artifact}: Core ML models run only on macOS/iOS (coremltools on "
-                               f"{platform.system()} converts but cannot predict); use the .onnx or a TensorRT "
-                               "engine here")
-        units = {"all": ct.ComputeUnit.ALL, "cpu": ct.ComputeUnit.CPU_ONLY,
-                 "gpu": ct.ComputeUnit.CPU_AND_GPU, "ane": ct.ComputeUnit.CPU_AND_NE}
-        try:
-            self.model = ct.models.MLModel(str(artifact),
-                                           compute_units=units.get(self.options.get("compute_units", "all")))
-        except Exception as e:
-            raise NeurmapError(f"{artifact}: Core ML cannot load it ({str(e).splitlines()[0][:200]})") from None
-        desc = self.model.get_spec().description
-        if len(desc.input) != 1:
-            raise NeurmapError(f"{artifact}: expected one image input, found {len(desc.input)}")
-        inp = desc.input[0]
-        self.input_name = inp.name
-        self.output_name = next((o.name for o in desc.output if o.name == "sharp"), desc.output[0].name)
-        meta = sidecar_metadata(Path(artifact))
-        meta.update({k.removeprefix("neurmap."): v for k, v in dict(self.model.user_defined_metadata).items()})
-        kind = inp.type.WhichOneof("Type")
-        self.image_input = kind == "imageType"
-        if self.image_input:
-            fixed = (int(inp.type.imageType.height), int(inp.type.imageType.width))
-            batch = 1
-        else:
-            arr = inp.type.multiArrayType
-            shape = [int(v) for v in arr.shape]
-            ranged = arr.WhichOneof("ShapeFlexibility") == "shapeRange"
-            fixed = None if ranged else (shape[2], shape[3])
-            batch = shape[0] if shape else 1
-        self.spec = InputSpec(fixed_hw=fixed, multiple=1 if fixed else metadata_int(meta, "pad_multiple", 16),
-                              max_batch=max(1, batch), metadata=meta)
+        self.predictor = CoreMLPredictor(artifact, self.options.get("compute_units", "all"))
+        self._read_spec()
         self.fixed_batch = True
         self.device = self.options.get("compute_units", "all")
 
+    def _read_spec(self) -> None:
+        p = self.predictor
+        meta = p.metadata
+        self.image_input = p.image_input
+        self.spec = InputSpec(fixed_hw=p.fixed_hw, multiple=1 if p.fixed_hw else metadata_int(meta, "pad_multiple", 16),
+                              max_batch=p.max_batch, metadata=meta)
+
+    @property
+    def model(self):
+        return self.predictor.model
+
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        outs = []
-        for x in batch:  # Core ML predicts one sample at a time for these models
-            if self.image_input:
-                from PIL import Image
-                img = Image.fromarray((np.clip(x.transpose(1, 2, 0), 0, 1) * 255 + 0.5).astype(np.uint8))
-                y = self.model.predict({self.input_name: img})[self.output_name]
-            else:
-                y = self.model.predict({self.input_name: x[None].astype(np.float32)})[self.output_name]
-            if not isinstance(y, np.ndarray):  # ImageType output -> PIL image
-                y = np.asarray(y.convert("RGB"), np.float32).transpose(2, 0, 1)[None] / 255.0
-            outs.append(np.asarray(y, np.float32).reshape((1,) + x.shape))
-        return np.concatenate(outs)
+        return self.predictor(batch)
 
     def swapper(self, artifact, model=None, source_onnx=None) -> "CoreMLSwap":
         from neurmap.core.errors import NeurmapError
@@ -111,4 +81,5 @@ class CoreMLSwap(HotSwap):
         return ct.models.MLModel(str(tmp))  # pragma: no cover
 
     def _apply(self, mlmodel) -> None:  # pragma: no cover - macOS only
-        self.backend.model = mlmodel
+        self.backend.predictor.set_model(mlmodel)
+        self.backend._read_spec()
