@@ -42,7 +42,7 @@ def _write_json(path: Path, summary: dict) -> None:
 
 def run(
     source: str = typer.Argument(..., help="Video file, image folder, camera index (0), v4l2:///dev/videoN, csi://N, "
-                                           "rtsp://..., or a GStreamer pipeline (contains '!')."),
+                                           "csi://N[?width=W&height=H&fps=F], rtsp://..., or a GStreamer pipeline (contains '!')."),
     engine: str = typer.Option(..., "--engine", "-e", help="Artifact to run: .onnx (ONNX Runtime), .engine/.plan "
                                "(TensorRT), .mlpackage (Core ML, macOS), .safetensors / official DMPHN folder / "
                                "shipped name (PyTorch)."),
@@ -69,6 +69,8 @@ def run(
     device: str = typer.Option("cpu", "--device", help="PyTorch backend device (cpu, cuda)."),
     reconnect_timeout: float = typer.Option(30.0, "--reconnect-timeout", help="Give up on a dropped live source "
                                             "after this many seconds without frames."),
+    read_timeout: float = typer.Option(5.0, "--read-timeout", help="A live source that delivers no frame for this "
+                                       "many seconds (a stalled stream) is treated as dropped and reconnected."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No live status line (messages still print)."),
     adapt: bool = typer.Option(False, "--adapt", help="Adapt the deblur net to this camera while streaming (guarded, "
                                "hot-swapped between frames; see `neurmap adapt --help`)."),
@@ -84,7 +86,7 @@ def run(
 
     from .pipeline import build_pipeline
 
-    for name, value in (("--fps", fps), ("--input-rate", input_rate)):
+    for name, value in (("--fps", fps), ("--input-rate", input_rate), ("--read-timeout", read_timeout)):
         if value is not None and value <= 0:
             raise typer.BadParameter(f"{name} must be positive, got {value}")
     if max_frames is not None and max_frames < 1:
@@ -118,14 +120,19 @@ def run(
     try:
         pipe = build_pipeline(source, engine, output, realtime=realtime, compare=compare, show=show, fps=fps,
                               input_rate=input_rate, loop=loop, max_frames=max_frames, overlap=overlap, tile=tile_hw,
-                              reconnect_timeout=reconnect_timeout, backend_options=options, on_event=event)
+                              reconnect_timeout=reconnect_timeout, read_timeout=read_timeout,
+                              backend_options=options, on_event=event)
     except KeyboardInterrupt:
         console.print("interrupted before the stream started; nothing written")
         raise typer.Exit(130) from None
     adapter = None
     if adapt:
         from .adapt_cli import attach_from_cli
-        adapter = attach_from_cli(pipe, engine, adapt_opts, on_event=event)
+        try:
+            adapter = attach_from_cli(pipe, engine, adapt_opts, on_event=event)
+        except BaseException:
+            pipe.close()   # the camera/stream and the engine are released, not held until exit
+            raise
 
     signals: list[int] = []
 

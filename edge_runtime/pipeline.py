@@ -117,7 +117,7 @@ def plan_shape(h: int, w: int, spec: InputSpec, tile: Optional[tuple[int, int]] 
                ) -> tuple[tuple[int, int], Optional[tuple[int, int]]]:
     """(padded (H, W), tile (th, tw) or None) for an h x w frame on an engine with ``spec``."""
     if spec.fixed_hw:
-        th, tw = spec.fixed_hw
+        th, tw = spec.fit(h, w)     # enumerated shapes: the smallest that holds the frame
         H, W = max(h, th), max(w, tw)
         return (H, W), ((th, tw) if (H, W) != (th, tw) else None)
     m = spec.multiple
@@ -191,8 +191,21 @@ class Pipeline:
             self.q_pre, self.q_infer = queue.Queue(n), queue.Queue(n)
         self.q_post, self.q_sink = queue.Queue(n), queue.Queue(n)
         self.threads: list[threading.Thread] = []
+        self.closed = False
 
     # -- control --
+    def close(self) -> None:
+        """Release the source, sink and engine of a pipeline that will not run (e.g. ``--adapt`` setup failed):
+        a camera or stream stays busy, and an engine keeps its memory, until this is called. Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        for part in (self.sink, self.source, self.backend):
+            try:
+                part.close()
+            except Exception:  # noqa: BLE001 - closing after a failure must not replace that failure
+                pass
+
     def stop(self, reason: str = "stopped", force: bool = False) -> None:
         """Stop capturing; finish frames in flight (``force``: only those already through the engine)."""
         if self.stop_reason is None:
@@ -376,6 +389,7 @@ class Pipeline:
                   "output": self.sink.describe(), "mode": "realtime" if self.cfg.realtime else "offline",
                   "warmup_s": round(getattr(self, "warmup_s", 0.0), 3), "tiled_frames": self.tiled_frames,
                   "resolution_changes": self.size_changes, "reconnects": self.source.stats.reconnects,
+                  "source_drops": self.source.stats.drops, "read_timeouts": self.source.stats.read_timeouts,
                   "frames_skipped_unreadable": self.source.stats.skipped,
                   "input_truncated": self.source.stats.truncated,
                   "rejections": self.rejections, "stopped_by": self.stop_reason,
@@ -387,19 +401,22 @@ def build_pipeline(source_uri: str, engine: str, output: Optional[str] = None, *
                    compare: bool = False, show: bool = False, fps: Optional[float] = None,
                    input_rate: Optional[float] = None, loop: bool = False, max_frames: Optional[int] = None,
                    overlap: int = 32, tile: Optional[tuple[int, int]] = None, reconnect_timeout: float = 30.0,
-                   backend_options: Optional[dict] = None, on_event: Event = lambda m: None,
-                   csi_size: tuple[int, int] = (1280, 720)) -> Pipeline:
+                   read_timeout: float = 5.0, backend_options: Optional[dict] = None,
+                   on_event: Event = lambda m: None, csi_size: tuple[int, int] = (1280, 720),
+                   csi_fps: int = 30) -> Pipeline:
     """Open the source, load the engine, open the sinks: a Pipeline ready to ``run()``.
 
     ``realtime=None`` picks realtime for live sources and offline for files; a file in realtime mode is
-    paced at its own fps (or ``input_rate``), as if it came from a camera.
+    paced at its own fps (or ``input_rate``), as if it came from a camera. ``fps`` is the output video's
+    rate only; a CSI sensor runs at ``csi_fps`` (or ``csi://N?fps=F``).
     """
     from .backends import load_backend
     from .sinks import open_sinks
     from .sources import open_source
 
     source = open_source(source_uri, fps=fps, loop=loop, on_event=on_event, reconnect_timeout=reconnect_timeout,
-                         width=csi_size[0], height=csi_size[1], csi_fps=int(fps or 30))
+                         read_timeout=read_timeout, width=csi_size[0], height=csi_size[1], csi_fps=csi_fps)
+    backend = None
     try:
         backend = load_backend(engine, **(backend_options or {}))
         live = source.live
@@ -408,6 +425,8 @@ def build_pipeline(source_uri: str, engine: str, output: Optional[str] = None, *
         sink = open_sinks(output, fps or source.fps, show=show, on_event=on_event)
     except BaseException:
         source.close()
+        if backend is not None:
+            backend.close()
         raise
     cfg = RunConfig(realtime=rt, rate=rate, max_frames=max_frames, compare=compare, overlap=overlap, tile=tile)
     return Pipeline(source, backend, sink, cfg, on_event=on_event)

@@ -7,13 +7,15 @@
 ``0``, ``1``                       camera by index (V4L2 on Linux)
 ``v4l2:///dev/video0``             V4L2 device node
 ``csi://0``                        MIPI CSI camera on Jetson: nvarguscamerasrc GStreamer pipeline
+``csi://0?width=1920&height=1080&fps=60&flip=2``  the same, sensor mode chosen (default 1280x720 @ 30)
 ``rtsp://host/stream``             network stream (FFmpeg); also ``rtsps://``, ``http(s)://``, ``udp://``
 ``videotestsrc ! ... ! appsink``   any GStreamer pipeline (contains ``!``)
 ==============================  ==============================================================
 
 Every source yields frames as OpenCV gives them (H, W[, C]) BGR(A) arrays of uint8/uint16/float; the
 pipeline normalises them. Files end (a truncated or corrupt file ends cleanly at the last readable
-frame, with a message); live sources reconnect with exponential backoff when they drop.
+frame, with a message); live sources reconnect with exponential backoff when they drop, and a read that
+stalls longer than ``read_timeout`` counts as a drop (a frozen stream must not freeze the run).
 """
 from __future__ import annotations
 
@@ -96,6 +98,8 @@ class SourceStats:
     frames: int = 0
     skipped: int = 0          # unreadable images / frames skipped inside a file
     reconnects: int = 0
+    drops: int = 0            # times a live source stopped delivering (closed, failed or stalled)
+    read_timeouts: int = 0    # of those, reads that stalled past read_timeout
     truncated: bool = False   # a file that ended before the frame count its header claims
     notes: list = field(default_factory=list)
 
@@ -256,141 +260,41 @@ class ImageFolderSource(Source):
         return None
 
 
-class CaptureSource(Source):
-    """A live capture (camera, CSI, network stream, GStreamer pipeline) that reconnects when it drops.
-
-    ``opener()`` returns an object with ``isOpened()/read()/get()/release()`` (a ``cv2.VideoCapture``; tests
-    pass a fake). After a drop it is re-opened after 0.5, 1, 2, 4 ... ``max_backoff`` s until it delivers
-    again or ``reconnect_timeout`` s have passed without a frame (then the source ends, and the run
-    finalises its output).
-    """
-
-    live = True
-
-    def __init__(self, uri: str, opener: Callable[[], Any], kind: str = "camera", on_event: Event = _quiet,
-                 reconnect_timeout: float = 30.0, first_backoff: float = 0.5, max_backoff: float = 8.0,
-                 read_timeout: float = 5.0) -> None:
-        super().__init__(uri, on_event)
-        self.opener, self.kind = opener, kind
-        self.reconnect_timeout, self.first_backoff, self.max_backoff = reconnect_timeout, first_backoff, max_backoff
-        self.cap = None
-
-    def _try_open(self):
-        try:
-            cap = self.opener()
-        except Exception:  # a failed open of a live source is retried, never a crash
-            return None
-        if cap is None or not cap.isOpened():
-            if cap is not None:
-                cap.release()
-            return None
-        return cap
-
-    def open(self) -> "CaptureSource":
-        cap = self._try_open()
-        if cap is None:
-            hint = {"camera": "is the camera plugged in, free (not used by another program) and readable "
-                              "(permissions on /dev/video*)?",
-                    "stream": "is the URL right and the server reachable?",
-                    "csi": "is nvargus-daemon running and the sensor connected (try `gst-launch-1.0 "
-                           "nvarguscamerasrc ! fakesink`)?",
-                    "gstreamer": "does the pipeline run with gst-launch-1.0 (ending in fakesink)?"}.get(self.kind, "")
-            raise InputError(f"cannot open {self.kind} {self.uri}; {hint}")
-        self.cap = cap
-        fps = cap.get(cv2.CAP_PROP_FPS)
-        self.fps = fps if fps and 0 < fps < 1000 else 30.0
-        w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
-        self.size = (w, h) if w > 0 and h > 0 else None
-        return self
-
-    def _reconnect(self) -> bool:
-        start, delay, attempt = time.monotonic(), self.first_backoff, 0
-        while not self.stop_event.is_set():
-            waited = time.monotonic() - start
-            if waited >= self.reconnect_timeout:
-                self.note(f"{self.kind} {self.uri}: no frames for {waited:.0f} s after {attempt} reconnect "
-                          "attempts; giving up and finalising the output")
-                return False
-            attempt += 1
-            self.on_event(f"{self.kind} {self.uri} dropped; reconnecting in {delay:g} s (attempt {attempt})")
-            if self.stop_event.wait(delay):
-                return False
-            cap = self._try_open()
-            if cap is not None:
-                self.cap = cap
-                self.stats.reconnects += 1
-                self.note(f"{self.kind} {self.uri}: reconnected after {time.monotonic() - start:.1f} s")
-                return True
-            delay = min(delay * 2, self.max_backoff)
-        return False
-
-    def read(self) -> Optional[tuple[np.ndarray, str]]:
-        while not self.stop_event.is_set():
-            if self.cap is None and not self._reconnect():
-                return None
-            try:
-                ok, frame = self.cap.read()
-            except Exception:
-                ok, frame = False, None
-            if ok and frame is not None and getattr(frame, "size", 0):
-                self.stats.frames += 1
-                return frame, f"{self.stats.frames - 1:06d}"
-            try:
-                self.cap.release()
-            except Exception:
-                pass
-            self.cap = None
-        return None
-
-    def close(self) -> None:
-        if self.cap is not None:
-            self.cap.release()
-            self.cap = None
-
-
-def _capture(target, api: int):
-    def opener():
-        with _OpenCVQuiet():
-            cap = cv2.VideoCapture(target, api)
-        if cap.isOpened():
-            # newest frame first: a live source must not hand us seconds-old buffers
-            cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
-        return cap
-    return opener
-
-
 def open_source(uri: str, *, fps: Optional[float] = None, loop: bool = False, on_event: Event = _quiet,
-                reconnect_timeout: float = 30.0, width: int = 1280, height: int = 720,
+                reconnect_timeout: float = 30.0, read_timeout: float = 5.0, width: int = 1280, height: int = 720,
                 csi_fps: int = 30) -> Source:
-    """Parse ``uri`` into a :class:`Source` and open it (InputError/NeurmapError with the fix when it cannot)."""
+    """Parse ``uri`` into a :class:`Source` and open it (InputError/NeurmapError with the fix when it cannot).
+
+    ``fps`` is the rate given to folders (and files' reported rate), never a camera's: a CSI sensor mode
+    comes from ``csi://N?fps=F`` (default ``csi_fps``), so an output written at 15 fps does not reconfigure it.
+    """
     text = str(uri).strip()
+    live = dict(on_event=on_event, reconnect_timeout=reconnect_timeout, read_timeout=read_timeout)
     if not text:
         raise InputError(f"empty source; {USAGE}")
     if "!" in text:                                             # raw GStreamer pipeline
         require_gstreamer("a GStreamer pipeline source")
         pipe = text if re.search(r"\bappsink\b", text) else f"{text} ! videoconvert ! appsink drop=1 max-buffers=1"
-        return CaptureSource(text, _capture(pipe, cv2.CAP_GSTREAMER), "gstreamer", on_event,
-                             reconnect_timeout).open()
+        return CaptureSource(text, _capture(pipe, cv2.CAP_GSTREAMER), "gstreamer", **live).open()
     m = re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://(.*)$", text)
     scheme, rest = (m.group(1).lower(), m.group(2)) if m else ("", text)
     if scheme == "csi":
-        if not rest.isdigit():
-            raise InputError(f"{text}: a CSI source is csi://N with N the sensor id, e.g. csi://0")
+        pipe = parse_csi(text, width, height, csi_fps)
         require_gstreamer(f"{text} (Jetson CSI camera through nvarguscamerasrc)")
-        pipe = csi_pipeline(int(rest), width, height, csi_fps)
-        return CaptureSource(text, _capture(pipe, cv2.CAP_GSTREAMER), "csi", on_event, reconnect_timeout).open()
+        return CaptureSource(text, _capture(pipe, cv2.CAP_GSTREAMER), "csi", **live).open()
     if scheme == "v4l2":
         dev = rest if rest.startswith("/") else "/" + rest
         if not Path(dev).exists():
             raise InputError(f"{text}: device {dev} does not exist; list cameras with `ls /dev/video*` "
                              "or `v4l2-ctl --list-devices`")
-        return CaptureSource(text, _capture(dev, cv2.CAP_V4L2), "camera", on_event, reconnect_timeout).open()
+        return CaptureSource(text, _capture(dev, cv2.CAP_V4L2), "camera", **live).open()
     if scheme in NETWORK_SCHEMES:
-        return CaptureSource(text, _capture(text, cv2.CAP_FFMPEG), "stream", on_event, reconnect_timeout).open()
+        opener = _capture(text, cv2.CAP_FFMPEG, ffmpeg_timeouts(read_timeout))
+        return CaptureSource(text, opener, "stream", **live).open()
     if scheme and scheme != "file":
         raise InputError(f"unknown source scheme {scheme}:// in {text!r}; {USAGE}")
     if not scheme and re.fullmatch(r"\d{1,3}", text) and not Path(text).exists():
-        return CaptureSource(text, _capture(int(text), cv2.CAP_ANY), "camera", on_event, reconnect_timeout).open()
+        return CaptureSource(text, _capture(int(text), cv2.CAP_ANY), "camera", **live).open()
     path = Path(os.path.expanduser(rest if scheme == "file" else text))
     if path.is_dir():
         return ImageFolderSource(path, fps or 30.0, on_event, loop).open()
@@ -402,3 +306,7 @@ def open_source(uri: str, *, fps: Optional[float] = None, loop: bool = False, on
     if fps:
         src.fps = fps
     return src
+
+
+# live captures live in .live (it builds on Source above); re-exported here, where sources are looked up
+from .live import CaptureSource, _capture, ffmpeg_timeouts, parse_csi  # noqa: E402,F401
