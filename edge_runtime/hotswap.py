@@ -25,7 +25,7 @@ from .adaptation import AdaptConfig, Adapter, FrameBuffer, clone_model, save_ada
 from .backends.base import HotSwap
 from .backends.coreml import CoreMLSwap  # noqa: F401 - re-exported
 from .backends.onnxruntime import OrtSwap  # noqa: F401 - re-exported
-from .backends.tensorrt import TensorRTSwap, onnx_beside_engine  # noqa: F401 - re-exported
+from .backends.tensorrt import TensorRTSwap  # noqa: F401 - re-exported
 from .backends.torch import TorchSwap  # noqa: F401 - re-exported
 
 
@@ -69,6 +69,7 @@ class OnlineAdapter:
         self._stop = threading.Event()
         self.busy_s = 0.0
         swapper.taps.append(self.observe)
+        swapper.on_event = on_event          # a failed swap is reported; the stream keeps the old weights
         self.thread = threading.Thread(target=self._loop, name="neurmap-adapt", daemon=True)
         self.thread.start()
 
@@ -120,9 +121,13 @@ class OnlineAdapter:
                     save_adapted(self.out, self.adapter.G, self.motion, prov,
                                  original=self.provenance.get("base_weights"))
                     info["saved"] = str(self.out)
-                self.swapper.submit(state)
-                self.on_event(f"adaptation round {len(self.rounds) + 1}: accepted ({res.reason}); "
-                              "new weights swapped in at the next frame")
+                info["swapped"] = self.swapper.submit(state)
+                if info["swapped"]:
+                    self.on_event(f"adaptation round {len(self.rounds) + 1}: accepted ({res.reason}); "
+                                  "new weights swapped in at the next frame")
+                else:
+                    self.on_event(f"adaptation round {len(self.rounds) + 1}: accepted ({res.reason}) but not "
+                                  f"swapped in ({self.swapper.last_error}); the engine serves the previous weights")
             else:
                 self.on_event(f"adaptation round {len(self.rounds) + 1}: rolled back ({res.reason})")
             self.rounds.append(info)

@@ -57,17 +57,6 @@ class _ImageOut(nn.Module):
         return torch.clamp(self.m(x) * 255.0, 0.0, 255.0)
 
 
-class _ImageIn(nn.Module):
-    """ImageType already scales by 1/255; nothing to do but keep names tidy."""
-
-    def __init__(self, m: nn.Module) -> None:
-        super().__init__()
-        self.m = m
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.m(x)
-
-
 def _w8a8(module: nn.Module, example: torch.Tensor, calib: Optional[np.ndarray]) -> nn.Module:
     """Insert int8 weight+activation fake quantizers with coremltools' LinearQuantizer, observe ``calib``
     frames, and finalize (the converter turns them into quantize/dequantize ops)."""
@@ -116,19 +105,37 @@ def _slice_unpatches(x: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     return x
 
 
-class _coreml_friendly_patching:
-    """While tracing for Core ML with EnumeratedShapes, DMPHN cuts patches by slicing (see
-    :func:`_slice_patches`); fixed shapes keep core's torch.chunk, which converts as it is."""
+def _slicing_patches(module: nn.Module) -> nn.Module:
+    """A private copy of ``module`` whose DMPHN nets cut patches by slicing (:func:`_slice_patches`), for
+    tracing with EnumeratedShapes. The copy's ``forward`` is DMPHN's own code run with the slicing helpers
+    in its globals: nothing global is touched, so a DMPHN serving frames in another thread is unaffected."""
+    import copy
+    import types
 
-    def __enter__(self):
-        from neurmap.core.models import dmphn
+    from neurmap.core.models import dmphn
 
-        self.mod, self.saved = dmphn, (dmphn.to_patches, dmphn.from_patches)
-        dmphn.to_patches, dmphn.from_patches = _slice_patches, _slice_unpatches
-        return self
+    module = copy.deepcopy(module)
+    fn = dmphn.DMPHN.forward
+    scope = {**fn.__globals__, "to_patches": _slice_patches, "from_patches": _slice_unpatches}
+    sliced = types.FunctionType(fn.__code__, scope, fn.__name__, fn.__defaults__, fn.__closure__)
+    for m in module.modules():
+        if isinstance(m, dmphn.DMPHN):
+            m.forward = types.MethodType(sliced, m)
+    return module
 
-    def __exit__(self, *exc):
-        self.mod.to_patches, self.mod.from_patches = self.saved
+
+def deployment_target(ct, minimum_target: str):
+    """``ct.target.<name>`` for a TARGETS key; a one-line error when this coremltools predates it (iOS26 needs
+    coremltools 9; ``pyproject.toml`` allows 8)."""
+    if minimum_target not in TARGETS:
+        raise NeurmapError(f"minimum deployment target {minimum_target!r}: use one of {', '.join(TARGETS)}")
+    name = TARGETS[minimum_target]
+    target = getattr(ct.target, name, None)
+    if target is None:
+        known = [k for k, v in TARGETS.items() if hasattr(ct.target, v)]
+        raise NeurmapError(f"minimum target {minimum_target} needs a newer coremltools than {ct.__version__} "
+                           f"(pip install -U coremltools), or use one of {', '.join(known)}")
+    return target
 
 
 def export_coreml(model: nn.Module, path: str | Path, shapes: Sequence[tuple[int, int]] = ((256, 256),),
@@ -153,12 +160,11 @@ def export_coreml(model: nn.Module, path: str | Path, shapes: Sequence[tuple[int
     example = torch.rand(1, 3, *shapes[0])
     if precision == "w8a8":
         module = _w8a8(module, example, calib)
-    if image_io:
-        module = _ImageOut(_ImageIn(module)).eval()
-    import contextlib
-
-    patching = _coreml_friendly_patching() if len(shapes) > 1 else contextlib.nullcontext()
-    with torch.no_grad(), warnings.catch_warnings(), patching:
+    if image_io:        # ImageType scales the input by 1/255 itself; the output needs 0..255
+        module = _ImageOut(module).eval()
+    if len(shapes) > 1:  # symbolic H, W: DMPHN's torch.chunk does not convert, slices do
+        module = _slicing_patches(module)
+    with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(module, example, check_trace=False)
     in_shape = (1, 3, *shapes[0]) if len(shapes) == 1 else ct.EnumeratedShapes(
@@ -169,7 +175,7 @@ def export_coreml(model: nn.Module, path: str | Path, shapes: Sequence[tuple[int
     else:
         inputs = [ct.TensorType(name="blurry", shape=in_shape, dtype=np.float32)]
         outputs = [ct.TensorType(name="sharp", dtype=np.float32)]
-    target = getattr(ct.target, TARGETS[minimum_target])
+    target = deployment_target(ct, minimum_target)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -193,6 +199,26 @@ def export_coreml(model: nn.Module, path: str | Path, shapes: Sequence[tuple[int
     save_mlpackage(ml, Path(path))
     Path(sidecar_path(path)).write_text(json.dumps({**meta, "format": "coreml-mlpackage"}, indent=2))
     return ml
+
+
+def reexport_options(meta: dict) -> dict:
+    """``export_coreml`` keywords that rebuild a package like the one ``meta`` (its neurmap metadata)
+    describes: the same shapes (every enumerated one), precision, image I/O and deployment target."""
+    shapes = []
+    for s in str(meta.get("shape", "")).split(";"):
+        parts = s.split(",")
+        if len(parts) != 4 or not all(p.strip().isdigit() for p in parts[2:]):
+            raise NeurmapError(f"the Core ML package records no input shapes (neurmap.shape={meta.get('shape')!r}); "
+                               "re-export it with `neurmap export --target coreml --weights W`")
+        shapes.append((int(parts[2]), int(parts[3])))
+    precision = str(meta.get("precision", "fp16"))
+    if precision == "w8a8":
+        raise NeurmapError("a w8a8 Core ML package needs calibration frames to re-quantize adapted weights; adapt "
+                           "offline (`neurmap adapt`) and re-export with --calib, or serve a w8/fp16 package")
+    if precision not in PRECISIONS:
+        raise NeurmapError(f"the Core ML package records precision {precision!r}; re-export it")
+    return {"shapes": shapes, "precision": precision, "image_io": str(meta.get("image_io", "false")) == "true",
+            "minimum_target": str(meta.get("minimum_target", "iOS17"))}
 
 
 def quantize_weights_w8(ml):
@@ -288,9 +314,15 @@ class CoreMLPredictor:
 
     UNITS = ("all", "cpu", "gpu", "ane")
 
-    def __init__(self, path: str | Path, compute_units: str = "all") -> None:
+    def __init__(self, path: str | Path, compute_units: str = "all", model=None) -> None:
+        """Load ``path`` for prediction (macOS); ``model``: an already open ``MLModel`` of it (read-only on
+        Linux: ``skip_model_load=True``) whose input is described without loading."""
         import platform
 
+        self.path, self.compute_units = Path(path), compute_units
+        if model is not None:
+            self.set_model(model)
+            return
         ct = import_coremltools()
         if platform.system() != "Darwin":
             raise NeurmapError(f"{path}: Core ML models run only on macOS/iOS (coremltools on "
@@ -298,7 +330,6 @@ class CoreMLPredictor:
                                "engine here")
         units = {"all": ct.ComputeUnit.ALL, "cpu": ct.ComputeUnit.CPU_ONLY,
                  "gpu": ct.ComputeUnit.CPU_AND_GPU, "ane": ct.ComputeUnit.CPU_AND_NE}
-        self.path, self.compute_units = Path(path), compute_units
         try:
             model = ct.models.MLModel(str(path), compute_units=units.get(compute_units))
         except Exception as e:
@@ -325,15 +356,27 @@ class CoreMLPredictor:
         kind = inp.type.WhichOneof("Type")
         self.image_input = kind == "imageType"
         if self.image_input:
-            self.fixed_hw = (int(inp.type.imageType.height), int(inp.type.imageType.width))
+            img = inp.type.imageType
+            self.fixed_hw = (int(img.height), int(img.width))
+            self.shapes = tuple((int(z.height), int(z.width)) for z in img.enumeratedSizes.sizes)
             self.max_batch = 1
         else:
             arr = inp.type.multiArrayType
             shape = [int(v) for v in arr.shape]
             ranged = arr.WhichOneof("ShapeFlexibility") == "shapeRange"
             self.fixed_hw = None if ranged else (shape[2], shape[3])
+            self.shapes = tuple((int(e.shape[2]), int(e.shape[3])) for e in arr.enumeratedShapes.shapes
+                                if len(e.shape) == 4)
             self.max_batch = max(1, shape[0] if shape else 1)
         self.model = model
+
+    @staticmethod
+    def check_like(model, served: "CoreMLPredictor") -> None:
+        """Refuse a replacement whose input differs from the served one (name, kind, shapes)."""
+        spec = model.get_spec().description.input
+        kind = spec[0].type.WhichOneof("Type") if len(spec) == 1 else None
+        if len(spec) != 1 or spec[0].name != served.input_name or (kind == "imageType") != served.image_input:
+            raise NeurmapError("the re-exported Core ML model's input differs from the served one; not swapped")
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         outs = []

@@ -207,14 +207,128 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, precision: str 
                 _atomic_bytes(Path(timing_cache), config.get_timing_cache().serialize())
             except OSError:
                 pass
+        keep = refit and precision in REFIT_PRECISIONS
+        if keep:   # the exact graph parsed (fp16-cast for fp16), beside the engine: what a refit patches
+            _atomic_bytes(refit_onnx_path(engine_path), Path(src).read_bytes())
     _atomic_bytes(engine_path, serialized)
-    gpu = gpu_info() or {}
-    side = {**meta, "precision": precision, "format": "tensorrt-engine", "trt_version": trt.__version__,
-            "gpu_name": gpu.get("name", "?"), "compute_capability": gpu.get("compute_capability", "?"),
-            "refit": str(refit).lower(), "source_onnx": str(onnx_path),
-            "profile": json.dumps(None if profile is None else [profile.min, profile.opt, profile.max])}
+    side = engine_sidecar(meta, precision, trt.__version__, gpu_info() or {}, refit, onnx_path.name,
+                          refit_onnx_path(engine_path).name if keep else None, profile)
     _atomic_bytes(sidecar_path(engine_path), json.dumps(side, indent=2).encode())
     return engine_path
+
+
+#: precisions whose engines take adapted weights by refit (an INT8 Q/DQ graph needs re-quantization)
+REFIT_PRECISIONS = ("fp32", "fp16")
+
+
+def refit_onnx_path(engine_path: str | Path) -> Path:
+    """``<engine>.refit.onnx``: the graph the engine was parsed from, kept beside it for refits."""
+    p = Path(engine_path)
+    return p.with_name(p.name + ".refit.onnx")
+
+
+def engine_sidecar(meta: dict, precision: str, trt_version: str, gpu: dict, refit: bool, source_name: str,
+                   refit_onnx: Optional[str], profile: Optional[ShapeProfile]) -> dict:
+    """The JSON written beside an engine. Paths in it are file names relative to the engine (the ONNX it was
+    exported from usually lived in a temporary folder that is gone)."""
+    side = {**meta, "precision": precision, "format": "tensorrt-engine", "trt_version": trt_version,
+            "gpu_name": gpu.get("name", "?"), "compute_capability": gpu.get("compute_capability", "?"),
+            "refit": str(bool(refit)).lower(), "source_onnx_name": source_name,
+            "profile": json.dumps(None if profile is None else [profile.min, profile.opt, profile.max])}
+    if refit_onnx:
+        side["refit_onnx"] = refit_onnx
+    return side
+
+
+def refit_source(engine_path: str | Path, onnx_path: Optional[str | Path] = None):
+    """The ONNX (a ModelProto) to patch adapted weights into for a refit of ``engine_path``, in the engine's own
+    dtypes: ``onnx_path`` when given (cast to fp16 for an fp16 engine), else the sidecar's ``refit_onnx`` beside
+    the engine. One-line NeurmapError when the engine cannot take new weights or nothing to refit from is there."""
+    import tempfile
+
+    import onnx
+
+    engine_path = Path(engine_path)
+    side_p = sidecar_path(engine_path)
+    if not side_p.is_file():
+        raise NeurmapError(f"{engine_path}: no {side_p.name} beside it, so its precision and refit ONNX are unknown; "
+                           "rebuild it with `neurmap export --target trt --weights W`")
+    side = json.loads(side_p.read_text())
+    prec = side.get("precision", "fp32")
+    if side.get("refit") != "true":
+        raise NeurmapError(f"{engine_path} was built without REFIT; rebuild it with `neurmap export --target trt`")
+    if prec not in REFIT_PRECISIONS:
+        raise NeurmapError(f"{engine_path} is a {prec} engine: adapted weights need re-quantization, not a refit; "
+                           "adapt offline (`neurmap adapt`) and rebuild it with `neurmap export --target trt`")
+    if onnx_path is None:
+        name = side.get("refit_onnx")
+        src = engine_path.parent / name if name else None
+        if src is None or not src.is_file():
+            raise NeurmapError(f"{engine_path}: the ONNX it was built from ({refit_onnx_path(engine_path).name}) is "
+                               "not beside it; rebuild with `neurmap export --target trt --weights W` (it keeps it) "
+                               "or pass the same graph's ONNX (--adapt-opts onnx=PATH)")
+        return onnx.load(str(src))
+    src = Path(onnx_path)
+    if not src.is_file():
+        raise NeurmapError(f"{src} does not exist; pass the ONNX the engine was built from (--adapt-opts onnx=PATH)")
+    if prec == "fp16" and read_artifact_metadata(src).get("precision") != "fp16":
+        from .ort_quant import convert_fp16
+
+        with tempfile.TemporaryDirectory(prefix="neurmap-refit-") as tmp:   # the engine was built from this cast
+            return onnx.load(str(convert_fp16(src, Path(tmp) / "fp16.onnx")))
+    return onnx.load(str(src))
+
+
+class EngineRefit:
+    """The one refit path: adapted weights -> the engine's refit ONNX patched by name (values cast to its
+    dtypes) -> ``OnnxParserRefitter`` (parsing, CPU) -> ``Refitter.refit_cuda_engine`` (the GPU update).
+
+    :meth:`stage` parses and sets the weights on a fresh refitter without touching the engine, so it runs in
+    any thread; :meth:`commit` updates the engine (call it while no execution is in flight). A staged refit
+    that fails leaves the engine as it was; a commit that fails is retried with the last good weights."""
+
+    def __init__(self, engine, trt, logger, proto, reference: Optional[dict] = None) -> None:
+        self.engine, self.trt, self.logger = engine, trt, logger
+        self.proto = proto
+        self.reference = {k: v.detach().cpu().clone() for k, v in (reference or {}).items()}
+        self.good = proto.SerializeToString()          # what the engine holds now
+
+    def prepare(self, state: dict) -> bytes:
+        """``state`` (a state dict) patched into the refit ONNX, in its dtypes."""
+        from .onnx_weights import patch_onnx_initializers
+
+        try:
+            return patch_onnx_initializers(self.proto, state, self.reference).SerializeToString()
+        except KeyError as e:
+            raise NeurmapError(f"the engine's refit ONNX has no initializer for a changed tensor ({e}); a refit "
+                               "needs the exact graph the engine was built from") from None
+
+    def stage(self, model_bytes: bytes):
+        """A refitter holding the weights of ``model_bytes`` (the engine is not touched yet)."""
+        refitter = self.trt.Refitter(self.engine, self.logger)
+        parser = self.trt.OnnxParserRefitter(refitter, self.logger)
+        if not parser.refit_from_bytes(model_bytes):
+            errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+            raise NeurmapError(f"TensorRT refit from ONNX failed: {errs[:300] or 'see the TensorRT log'} — the ONNX "
+                               "must be the graph the engine was built from, in its dtypes")
+        missing = refitter.get_missing_weights()
+        if len(missing):
+            raise NeurmapError(f"refit incomplete: {len(missing)} weights missing "
+                               f"(e.g. {', '.join(list(missing)[:3])})")
+        return (refitter, parser, model_bytes)        # the parser owns the weights until the commit
+
+    def commit(self, staged) -> None:
+        """Update the engine with staged weights; on failure put the last good ones back and raise."""
+        refitter, _parser, model_bytes = staged
+        if refitter.refit_cuda_engine():
+            self.good = model_bytes
+            return
+        try:
+            restored = self.stage(self.good)[0].refit_cuda_engine()
+        except NeurmapError:
+            restored = False
+        raise NeurmapError("TensorRT refit_cuda_engine failed; " + (
+            "the engine keeps its previous weights" if restored else "the engine's weights may be inconsistent"))
 
 
 def check_engine_compat(engine_path: str | Path) -> dict:
@@ -256,32 +370,17 @@ def load_engine(engine_path: str | Path):
 
 def refit_engine(engine_path: str | Path, onnx_path: str | Path, out_path: Optional[str | Path] = None) -> Path:
     """Put the weights of ``onnx_path`` (same graph, new values, e.g. after adaptation) into a REFIT engine and
-    write it back atomically; the sidecar's weights hash is updated."""
-    trt = import_tensorrt()
-    engine, side, _, _ = load_engine(engine_path)
-    if side.get("refit") != "true":
-        raise NeurmapError(f"{engine_path} was built without REFIT; rebuild it (refit is on by default)")
-    src = Path(onnx_path)
-    log = _Logger(trt)
-    refitter = trt.Refitter(engine, log.logger)
-    parser_refitter = trt.OnnxParserRefitter(refitter, log.logger)
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="neurmap-refit-") as tmp:
-        prec = side.get("precision", "fp32")
-        if prec == "fp16" and read_artifact_metadata(src).get("precision") != "fp16":
-            from .ort_quant import convert_fp16
-            src = convert_fp16(src, Path(tmp) / "fp16.onnx")
-        if not parser_refitter.refit_from_file(str(src)):
-            errs = "; ".join(str(parser_refitter.get_error(i)) for i in range(parser_refitter.num_errors))
-            raise NeurmapError(f"refit from {Path(onnx_path).name} failed: {errs[:300]} — the ONNX must be the same "
-                               "graph the engine was built from")
-    if not refitter.refit_cuda_engine():
-        missing = refitter.get_missing_weights()
-        raise NeurmapError(f"refit incomplete: {len(missing)} weights missing (e.g. {', '.join(list(missing)[:3])})")
+    write it back atomically, with its refit ONNX and the sidecar's weights hash updated."""
+    engine, side, trt, logger = load_engine(engine_path)
+    proto = refit_source(engine_path, onnx_path)                  # the new weights, in the engine's dtypes
+    refit = EngineRefit(engine, trt, logger, proto)
+    model_bytes = proto.SerializeToString()
+    refit.commit(refit.stage(model_bytes))
     out = Path(out_path or engine_path)
     _atomic_bytes(out, engine.serialize())
+    _atomic_bytes(refit_onnx_path(out), model_bytes)
     new_meta = read_artifact_metadata(onnx_path)
-    side = {**side, "weights_hash": new_meta.get("weights_hash", side.get("weights_hash")), "refit_from": str(onnx_path)}
+    side = {**side, "weights_hash": new_meta.get("weights_hash", side.get("weights_hash")),
+            "refit_onnx": refit_onnx_path(out).name, "refit_from": Path(onnx_path).name}
     _atomic_bytes(sidecar_path(out), json.dumps(side, indent=2).encode())
     return out

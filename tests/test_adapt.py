@@ -325,41 +325,6 @@ def test_online_adapter_swaps_an_accepted_round_into_the_stream(nets, tmp_path):
     assert read_metadata(tmp_path / "online.safetensors")["provenance"]["adapted_online"] is True
 
 
-@pytest.mark.gpu
-def test_tensorrt_refit_between_frames(nets, exported, tmp_path):
-    trt = pytest.importorskip("tensorrt")
-    if not torch.cuda.is_available():
-        pytest.skip("needs CUDA")
-    from neurmap.edge_runtime.backends import load_backend
-    from neurmap.edge_runtime.hotswap import TensorRTSwap
-
-    G0, _ = nets
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    network = builder.create_network(0)
-    parser = trt.OnnxParser(network, logger)
-    assert parser.parse(exported.read_bytes())
-    config = builder.create_builder_config()
-    config.set_flag(trt.BuilderFlag.REFIT)
-    profile = builder.create_optimization_profile()
-    profile.set_shape("blurry", (1, 3, 16, 16), (1, 3, 32, 32), (1, 3, 64, 64))
-    config.add_optimization_profile(profile)
-    (tmp_path / "g.engine").write_bytes(bytes(builder.build_serialized_network(network, config)))
-    (tmp_path / "g.engine.json").write_text(json.dumps({"pad_multiple": "8"}))
-    backend = load_backend(tmp_path / "g.engine")
-    swap = TensorRTSwap(backend, exported, reference=G0.net.state_dict())
-    x = np.random.default_rng(2).random((1, 3, 32, 32), dtype=np.float32)
-    y_old = backend.infer(x)
-    new = perturbed_state(G0)
-    ref = clone_model(G0)
-    ref.net.load_state_dict(new)
-    swap.submit(new)
-    y_new = backend.infer(x)
-    with torch.no_grad():
-        np.testing.assert_allclose(y_new, ref(torch.from_numpy(x)).numpy(), atol=1e-3)
-    assert np.abs(y_new - y_old).max() > 1e-3
-
-
 # ---- CLI ---------------------------------------------------------------------------------------------------
 def cli(*args):
     from neurmap.cli import app

@@ -182,13 +182,17 @@ def test_tensorrt_build_refit_fp16(dyn_onnx, tmp_path):
     assert eng.exists() and (tmp_path / "m.engine.json").exists() and (tmp_path / "tc.cache").exists()
     side = T.check_engine_compat(eng)
     assert side["precision"] == "fp16" and side["refit"] == "true"
+    kept = tmp_path / side["refit_onnx"]                     # the fp16-cast graph it was parsed from, beside it
+    assert kept == T.refit_onnx_path(eng) and kept.is_file()
+    assert {i.data_type for i in onnx.load(str(kept)).graph.initializer} & {1, 10} == {10}
     run = T.TRTRunner(eng)
     x = np.random.default_rng(0).random((1, 3, 64, 96), dtype=np.float32)
     from neurmap.export.onnx_export import onnx_session
     ref = onnx_session(dyn_onnx).run(None, {"blurry": x})[0]
     from neurmap.calibration.parity import compare
     assert compare(run(x), ref, with_ssim=False).psnr_vs_float > 40
-    T.refit_engine(eng, dyn_onnx)
+    T.refit_engine(eng, dyn_onnx)                              # fp32 weights into the fp16 engine: cast, not refused
+    assert compare(T.TRTRunner(eng)(x), ref, with_ssim=False).psnr_vs_float > 40
 
 
 @pytest.fixture(scope="module")

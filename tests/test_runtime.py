@@ -246,51 +246,7 @@ def test_coreml_backend_refuses_clearly_off_macos(tmp_path):
         B.load_backend(tmp_path / "m.mlpackage")
 
 
-@pytest.mark.macos
-@pytest.mark.skipif(platform.system() != "Darwin", reason="Core ML prediction needs macOS")
-def test_coreml_predicts_on_macos(tmp_path):
-    import coremltools as ct
-    import torch
-    net = torch.nn.Conv2d(3, 3, 3, padding=1, groups=3, bias=False)
-    with torch.no_grad():
-        net.weight.zero_()
-        net.weight[:, :, 1, 1] = 1
-    traced = torch.jit.trace(net.eval(), torch.rand(1, 3, 64, 64))
-    ml = ct.convert(traced, inputs=[ct.TensorType(name="blurry", shape=(1, 3, 64, 64))],
-                    outputs=[ct.TensorType(name="sharp")], convert_to="mlprogram")
-    ml.save(str(tmp_path / "m.mlpackage"))
-    b = B.load_backend(tmp_path / "m.mlpackage")
-    x = np.random.rand(1, 3, 64, 64).astype(np.float32)
-    np.testing.assert_allclose(b.infer(x), x, atol=2e-3)
-
-
-@pytest.mark.gpu
-def test_tensorrt_backend_runs_engine(tmp_path, onnx_dyn):
-    trt = pytest.importorskip("tensorrt")
-    try:
-        import torch
-        if not torch.cuda.is_available():
-            pytest.importorskip("cuda")
-    except ImportError:
-        pytest.importorskip("cuda")
-    builder = trt.Builder(trt.Logger(trt.Logger.WARNING))
-    network = builder.create_network(0)
-    parser = trt.OnnxParser(network, builder.logger)
-    assert parser.parse(onnx_dyn.read_bytes())
-    config = builder.create_builder_config()
-    profile = builder.create_optimization_profile()
-    profile.set_shape("blurry", (1, 3, 16, 16), (1, 3, 64, 96), (2, 3, 128, 128))
-    config.add_optimization_profile(profile)
-    plan = builder.build_serialized_network(network, config)
-    (tmp_path / "m.engine").write_bytes(bytes(plan))
-    (tmp_path / "m.engine.json").write_text(json.dumps({"pad_multiple": "8"}))
-    b = B.load_backend(tmp_path / "m.engine")
-    assert b.spec.multiple == 8 and b.spec.max_hw == (128, 128)
-    x = np.random.rand(1, 3, 64, 96).astype(np.float32)
-    np.testing.assert_allclose(b.infer(x), x, atol=1e-5)
-    sink = ListSink()   # 200x300 exceeds the profile: tiled at the profile's max
-    Pipeline(ListSource([frame(1, 300, 200)]), b, sink).run()
-    assert sink.out[0].shape == (200, 300, 3)
+# (the TensorRT and Core ML backends on their hardware, with `neurmap export`'s own artifacts: tests/test_swap.py)
 
 
 # ---- frames, tiling -----------------------------------------------------------------------------------------

@@ -36,9 +36,21 @@ class InputSpec:
     min_hw: Optional[tuple[int, int]] = None
     max_hw: Optional[tuple[int, int]] = None
     metadata: dict = field(default_factory=dict, compare=False)
+    #: the (H, W) an engine with enumerated shapes takes (Core ML ``EnumeratedShapes``); ``fixed_hw`` is its default
+    shapes: tuple = ()
+
+    def fit(self, h: int, w: int) -> Optional[tuple[int, int]]:
+        """The fixed (H, W) to run an h x w frame at: the smallest enumerated shape that holds it (padded
+        into it), else ``fixed_hw`` (frames are tiled to it); None when H and W are free."""
+        fits = [s for s in self.shapes if s[0] >= h and s[1] >= w]
+        if fits:
+            return min(fits, key=lambda s: (s[0] * s[1], s))
+        return self.fixed_hw
 
     def describe(self) -> str:
         shape = f"fixed {self.fixed_hw[0]}x{self.fixed_hw[1]}" if self.fixed_hw else "any HxW"
+        if len(self.shapes) > 1:
+            shape = "one of " + ", ".join(f"{h}x{w}" for h, w in self.shapes)
         rng = ""
         if self.min_hw or self.max_hw:
             rng = f" in {self.min_hw or '?'}..{self.max_hw or '?'}"
@@ -68,7 +80,8 @@ class Backend(ABC):
 
     def warmup(self, height: int, width: int) -> None:
         """Run once at a given input size so the first real frame does not pay for lazy initialisation."""
-        h, w = self.spec.fixed_hw or (_round_up(height, self.spec.multiple), _round_up(width, self.spec.multiple))
+        h, w = self.spec.fit(height, width) or (_round_up(height, self.spec.multiple),
+                                                _round_up(width, self.spec.multiple))
         self.infer(np.zeros((1, 3, h, w), np.float32))
 
     def close(self) -> None:
@@ -125,7 +138,9 @@ class HotSwap:
 
     An update is *prepared* in the adaptation thread (the slow part: a new session, a patched ONNX, copies
     of tensors) and *applied* by the inference thread at the start of its next ``infer`` call, so no frame
-    ever sees half-old, half-new weights and the stream never stops. Each backend file holds its subclass."""
+    ever sees half-old, half-new weights and the stream never stops. A swap that fails (in either part)
+    leaves the previous weights serving, is counted and reported through ``on_event``: adaptation never
+    takes a stream down. Each backend file holds its subclass."""
 
     kind = "base"
 
@@ -135,6 +150,9 @@ class HotSwap:
         self.pending: Any = None
         self.swaps = 0
         self.frames = 0
+        self.failures = 0
+        self.last_error: Optional[str] = None
+        self.on_event: Callable[[str], None] = lambda msg: None
         self.apply_ms: list[float] = []
         self.taps: list[Callable[[np.ndarray], None]] = []
         self._infer = backend.infer
@@ -145,23 +163,38 @@ class HotSwap:
             update, self.pending = self.pending, None
         if update is not None:
             t0 = time.perf_counter()
-            self._apply(update)
-            self.apply_ms.append((time.perf_counter() - t0) * 1000)
-            self.swaps += 1
+            try:
+                self._apply(update)
+            except Exception as e:  # noqa: BLE001 - a failed swap keeps the old weights; the stream goes on
+                self._failed("apply", e)
+            else:
+                self.apply_ms.append((time.perf_counter() - t0) * 1000)
+                self.swaps += 1
         y = self._infer(batch)
         self.frames += 1
         for tap in self.taps:
             tap(batch)
         return y
 
-    def submit(self, state: dict) -> None:
-        """Prepare ``state`` (the adapted net's state dict) here, apply it before the next frame."""
-        prepared = self._prepare(state)
+    def _failed(self, stage: str, e: Exception) -> None:
+        self.failures += 1
+        self.last_error = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+        self.on_event(f"{self.kind} weight swap failed ({stage}: {self.last_error}); serving the previous weights")
+
+    def submit(self, state: dict) -> bool:
+        """Prepare ``state`` (the adapted net's state dict) here, apply it before the next frame. False (and
+        reported) when it cannot be prepared; the engine keeps its weights."""
+        try:
+            prepared = self._prepare(state)
+        except Exception as e:  # noqa: BLE001 - see the class docstring
+            self._failed("prepare", e)
+            return False
         with self.lock:
             self.pending = prepared
+        return True
 
     def swap_now(self, state: dict) -> None:
-        """Prepare and apply at once (no stream running: offline use, tests)."""
+        """Prepare and apply at once (no stream running: offline use, tests); raises when it fails."""
         self._apply(self._prepare(state))
         self.swaps += 1
 
@@ -172,6 +205,7 @@ class HotSwap:
     def stats(self) -> dict:
         ms = self.apply_ms
         return {"engine": self.kind, "swaps": self.swaps, "pending": self.pending is not None,
+                "failures": self.failures, "last_error": self.last_error,
                 "apply_ms_max": round(max(ms), 2) if ms else None,
                 "apply_ms_mean": round(sum(ms) / len(ms), 2) if ms else None}
 

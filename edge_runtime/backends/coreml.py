@@ -33,7 +33,7 @@ class CoreMLBackend(Backend):
         meta = p.metadata
         self.image_input = p.image_input
         self.spec = InputSpec(fixed_hw=p.fixed_hw, multiple=1 if p.fixed_hw else metadata_int(meta, "pad_multiple", 16),
-                              max_batch=p.max_batch, metadata=meta)
+                              max_batch=p.max_batch, metadata=meta, shapes=p.shapes)
 
     @property
     def model(self):
@@ -51,35 +51,52 @@ class CoreMLBackend(Backend):
 
 
 class CoreMLSwap(HotSwap):
-    """Core ML: re-convert the adapted model and load a new MLModel (prediction needs macOS). Core ML's own
-    on-device update API (``MLUpdateTask``) exists only for the old neuralnetwork format with MSE or
-    cross-entropy losses: it cannot express the reblur/motion-net loss, so the adaptation runs in PyTorch and
-    the model is re-converted."""
+    """Core ML: re-convert the adapted model like the served package (every enumerated shape, precision,
+    image I/O, target: :func:`neurmap.export.coreml.reexport_options`), load it with the backend's compute
+    units (prepared off the stream), and swap the backend's predictor model and input spec between frames.
+    Core ML's own on-device update API (``MLUpdateTask``) exists only for the old neuralnetwork format with MSE
+    or cross-entropy losses: it cannot express the reblur/motion-net loss, so the adaptation runs in PyTorch."""
 
     kind = "coreml"
 
     def __init__(self, backend, model) -> None:
+        from neurmap.export.coreml import reexport_options
+
+        self.options = reexport_options(backend.spec.metadata)   # refuse at setup, not mid-stream
         super().__init__(backend)
         self.model = model
+        self.dirs: list = []
 
-    def _prepare(self, state):
+    def convert(self, state) -> Path:
+        """The adapted package, written into a private temporary folder (kept while it is served)."""
         import copy
-
-        from neurmap.core.errors import NeurmapError
-        try:
-            from neurmap.export import coreml_export  # type: ignore[attr-defined]
-        except ImportError:
-            raise NeurmapError("Core ML hot swap needs the Core ML exporter (neurmap.export.coreml_export) and "
-                               "macOS to load the result; adapt offline with `neurmap adapt` and re-export") from None
         import tempfile
 
-        m = copy.deepcopy(self.model).cpu()
-        m.net.load_state_dict(state)
-        tmp = Path(tempfile.mkdtemp()) / "adapted.mlpackage"
-        coreml_export.export_coreml(m, tmp)  # pragma: no cover - macOS only
-        import coremltools as ct  # pragma: no cover
-        return ct.models.MLModel(str(tmp))  # pragma: no cover
+        from neurmap.export.coreml import export_coreml
 
-    def _apply(self, mlmodel) -> None:  # pragma: no cover - macOS only
+        m = copy.deepcopy(self.model).cpu()
+        m.net.load_state_dict({k: v.detach().cpu() for k, v in state.items()})
+        d = Path(tempfile.mkdtemp(prefix="neurmap-coreml-swap-"))
+        self.dirs.append(d)
+        path = d / "adapted.mlpackage"
+        export_coreml(m, path, extra_meta={"adapted": "true"}, **self.options)
+        return path
+
+    def _prepare(self, state):
+        import coremltools as ct
+
+        from neurmap.export.coreml import CoreMLPredictor
+
+        units = {"all": ct.ComputeUnit.ALL, "cpu": ct.ComputeUnit.CPU_ONLY,
+                 "gpu": ct.ComputeUnit.CPU_AND_GPU, "ane": ct.ComputeUnit.CPU_AND_NE}
+        path = self.convert(state)
+        ml = ct.models.MLModel(str(path), compute_units=units.get(self.backend.predictor.compute_units))
+        CoreMLPredictor.check_like(ml, self.backend.predictor)
+        return ml
+
+    def _apply(self, mlmodel) -> None:
         self.backend.predictor.set_model(mlmodel)
         self.backend._read_spec()
+        while len(self.dirs) > 2:          # the served package and the one before it stay on disk
+            import shutil
+            shutil.rmtree(self.dirs.pop(0), ignore_errors=True)

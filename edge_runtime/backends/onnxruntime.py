@@ -33,6 +33,38 @@ def choose_providers(available: list[str], asked: list[str] | None = None) -> li
     return chosen or ["CPUExecutionProvider"]
 
 
+def weights_key(model_bytes: bytes) -> str:
+    """The TensorRT EP engine-cache key of a model: a hash of its bytes (graph and weights). ONNX Runtime's
+    own cache key covers the graph, not the weights: one folder per key keeps an adapted model from being
+    served the engine built from the old weights."""
+    import hashlib
+
+    return hashlib.sha256(model_bytes).hexdigest()[:16]
+
+
+def trt_cache_dir(artifact: Path, key: str) -> Path:
+    """``<artifact>.trtcache/<key>`` (engines built once per GPU and weights, reused); a temp folder when the
+    artifact's folder is read-only."""
+    cache = Path(artifact).with_suffix(".trtcache") / key
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        cache = Path(tempfile.gettempdir()) / f"neurmap-trtcache-{Path(artifact).stem}" / key
+        cache.mkdir(parents=True, exist_ok=True)
+    return cache
+
+
+def provider_args(providers: list[str], options: dict[str, dict], artifact: Path, key: str) -> list:
+    """``providers`` with their ``options``, the TensorRT EP's engine cache pointed at the folder of ``key``."""
+    out = []
+    for p in providers:
+        opts = dict(options.get(p, {}))
+        if p == "TensorrtExecutionProvider":
+            opts.update({"trt_engine_cache_enable": True, "trt_engine_cache_path": str(trt_cache_dir(artifact, key))})
+        out.append((p, opts) if opts else p)
+    return out
+
+
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     install_hint = "pip install onnxruntime (or onnxruntime-gpu for CUDA / TensorRT)"
@@ -50,19 +82,10 @@ class OnnxRuntimeBackend(Backend):
         if self.options.get("threads"):
             so.intra_op_num_threads = int(self.options["threads"])
         so.log_severity_level = 3
-        prov_args = []
-        for p in providers:
-            if p == "TensorrtExecutionProvider":
-                cache = Path(artifact).with_suffix(".trtcache")   # engines built once per GPU, reused
-                try:
-                    cache.mkdir(exist_ok=True)
-                except OSError:
-                    cache = Path(tempfile.gettempdir()) / f"neurmap-trtcache-{Path(artifact).stem}"
-                    cache.mkdir(exist_ok=True)
-                prov_args.append((p, {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
-                                      "trt_fp16_enable": self.options.get("fp16", False)}))
-            else:
-                prov_args.append(p)
+        self.artifact = Path(artifact)
+        trt_opts = {"TensorrtExecutionProvider": {"trt_fp16_enable": self.options.get("fp16", False)}}
+        key = weights_key(self.artifact.read_bytes()) if "TensorrtExecutionProvider" in providers else ""
+        prov_args = provider_args(providers, trt_opts, self.artifact, key)
         try:
             self.session = ort.InferenceSession(str(artifact), sess_options=so, providers=prov_args)
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
@@ -156,11 +179,9 @@ class OrtSwap(HotSwap):
         if threads:
             so.intra_op_num_threads = int(threads)
         old = self.backend.session
-        providers = old.get_providers()
-        opts = old.get_provider_options()
-        sess = ort.InferenceSession(self.model_bytes(state), sess_options=so,
-                                    providers=[(p, opts.get(p, {})) for p in providers])
-        return sess
+        model = self.model_bytes(state)
+        args = provider_args(old.get_providers(), old.get_provider_options(), self.path, weights_key(model))
+        return ort.InferenceSession(model, sess_options=so, providers=args)
 
     def _apply(self, sess) -> None:
         self.backend.session = sess

@@ -46,68 +46,51 @@ class TensorRTBackend(Backend):
         self.runner = self.engine = None
 
     def swapper(self, artifact, model=None, source_onnx=None) -> "TensorRTSwap":
-        from neurmap.core.errors import NeurmapError
+        from neurmap.export.trt import refit_source
 
-        ref = model.net.state_dict() if model is not None else None
-        src = Path(source_onnx) if source_onnx else onnx_beside_engine(artifact)
-        if src is None:
-            raise NeurmapError(f"{artifact}: refitting needs the ONNX the engine was built from; put it beside the "
-                               "engine (same stem) or pass --adapt-opts onnx=PATH")
-        return TensorRTSwap(self, src, reference=ref)
+        proto = refit_source(artifact, source_onnx)     # refuses here, before the stream, when it cannot refit
+        return TensorRTSwap(self, proto, reference=model.net.state_dict() if model is not None else None)
 
 
 class TensorRTSwap(HotSwap):
-    """TensorRT: refit a REFIT engine from the patched ONNX between frames (``trt.OnnxParserRefitter``)."""
+    """TensorRT: refit the REFIT engine in place (:class:`neurmap.export.trt.EngineRefit`, the one refit path).
+
+    Everything runs in the adaptation thread: patching the refit ONNX (in the engine's dtypes), parsing it
+    (``OnnxParserRefitter``) and the GPU update (``refit_cuda_engine``), the last under the runner's lock, so
+    the inference thread waits at most for that update between two frames and never runs beside it. A failed
+    refit is reported and the engine keeps serving its previous weights."""
 
     kind = "tensorrt"
 
-    def __init__(self, backend, onnx_path, reference=None) -> None:
-        import onnx
-
+    def __init__(self, backend, proto, reference=None) -> None:
         from neurmap.core.errors import NeurmapError
+        from neurmap.export.trt import EngineRefit
 
-        engine = backend.engine
-        if not getattr(engine, "refittable", False):
+        if not getattr(backend.engine, "refittable", False):
             raise NeurmapError("this TensorRT engine was built without the REFIT flag, so it cannot take new weights; "
                                "rebuild it with `neurmap export --target trt --weights W` (its engines are refittable) "
                                "or adapt offline with `neurmap adapt` and rebuild")
         super().__init__(backend)
-        self.path = Path(onnx_path)
-        self.proto = onnx.load(str(self.path))
-        self.reference = {k: v.detach().cpu().clone() for k, v in (reference or {}).items()}
+        self.refit = EngineRefit(backend.engine, backend.trt, backend.logger, proto, reference)
 
-    def _prepare(self, state) -> bytes:
-        from neurmap.core.errors import NeurmapError
-        from neurmap.export.onnx_weights import patch_onnx_initializers
+    def _prepare(self, state):
+        return self.refit.stage(self.refit.prepare(state))
+
+    def _apply(self, staged) -> None:
+        with self.backend.runner.lock:                 # no execution in flight during the update
+            self.refit.commit(staged)
+
+    def submit(self, state) -> bool:
+        """Stage and commit here (off the inference thread); False (reported) when the refit failed."""
+        import time
 
         try:
-            return patch_onnx_initializers(self.proto, state, self.reference).SerializeToString()
-        except KeyError as e:
-            raise NeurmapError(f"{self.path}: the engine's ONNX has no initializer for a changed tensor ({e}); a "
-                               "refit needs the exact ONNX the engine was built from") from None
-
-    def _apply(self, model_bytes: bytes) -> None:
-        from neurmap.core.errors import NeurmapError
-
-        trt = self.backend.trt
-        refitter = trt.Refitter(self.backend.engine, self.backend.logger)
-        parser = trt.OnnxParserRefitter(refitter, self.backend.logger)
-        if not parser.refit_from_bytes(model_bytes):
-            errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-            raise NeurmapError(f"TensorRT refit from ONNX failed: {errs or 'see the TensorRT log'}")
-        if not refitter.refit_cuda_engine():
-            raise NeurmapError("TensorRT refit_cuda_engine failed; the engine keeps its previous weights")
-
-
-def onnx_beside_engine(engine_path) -> "Path | None":
-    """The ONNX a TensorRT engine was built from: sidecar metadata ``onnx``/``source_onnx``, else ``<stem>.onnx``."""
-    p = Path(engine_path)
-    meta = sidecar_metadata(p)
-    for key in ("onnx", "source_onnx", "source"):
-        v = meta.get(key)
-        if v and str(v).endswith(".onnx"):
-            q = Path(v) if Path(v).is_absolute() else p.parent / v
-            if q.exists():
-                return q
-    q = p.with_suffix(".onnx")
-    return q if q.exists() else None
+            staged = self._prepare(state)
+            t0 = time.perf_counter()
+            self._apply(staged)
+        except Exception as e:  # noqa: BLE001 - a failed refit never ends the stream
+            self._failed("refit", e)
+            return False
+        self.apply_ms.append((time.perf_counter() - t0) * 1000)
+        self.swaps += 1
+        return True
