@@ -498,6 +498,7 @@ class Trainer:
 
     def visuals(self, batch: list[torch.Tensor]) -> torch.Tensor:
         """One image row per unpaired sample: blurry | deblurred | reblurred | motion (flow colour wheel)."""
+        from .flow_motion import flow_to_color
         from .reblur import canonical_motion, reblur
         G, M = _unwrap(self.step.G), _unwrap(self.step.M)
         with torch.no_grad():
@@ -507,19 +508,6 @@ class Trainer:
             rb = reblur(s, m_rel).clamp(0, 1)
         rows = [torch.cat((b[i], s[i], rb[i], flow_to_color(m_rel[i])), dim=-1) for i in range(b.shape[0])]
         return torch.cat(rows, dim=-2)
-
-
-def flow_to_color(m: torch.Tensor, max_norm: float | None = None) -> torch.Tensor:
-    """(2,H,W) motion → (3,H,W) RGB: hue = direction, saturation = magnitude (the usual flow wheel)."""
-    import cv2
-    import numpy as np
-
-    dy, dx = m[0].float().cpu().numpy(), m[1].float().cpu().numpy()
-    mag, ang = cv2.cartToPolar(dx, dy)
-    top = max_norm or float(mag.max()) or 1.0
-    hsv = np.stack([ang * 90 / np.pi, np.clip(mag / top, 0, 1) * 255, np.full_like(mag, 255)], -1).astype(np.uint8)
-    rgb = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
-    return torch.from_numpy(rgb).permute(2, 0, 1).float().div(255).to(m.device)
 
 
 def run_training(cfg: TrainConfig, resume: str | None = None, progress: bool = True) -> Path:
