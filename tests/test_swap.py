@@ -50,6 +50,20 @@ def torch_out(G, state, x):
         return m(torch.from_numpy(x)).numpy()
 
 
+def streaming(backend, x):
+    """Frames through ``backend.infer`` in a thread until ``stop`` is set: (outputs, stop, thread)."""
+    outs, stop = [], threading.Event()
+
+    def stream():
+        while not stop.is_set():
+            outs.append(backend.infer(x))
+    t = threading.Thread(target=stream)
+    t.start()
+    while not outs:
+        pass
+    return outs, stop, t
+
+
 @pytest.fixture(scope="module")
 def onnx_file(net, tmp_path_factory):
     from neurmap.export.onnx_export import export_onnx
@@ -183,13 +197,7 @@ def test_failed_swap_keeps_serving_the_old_weights_and_reports(net, onnx_file):
     swap.on_event = events.append
     x = np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32)
     y_old = backend.infer(x)
-    outs, stop = [], threading.Event()
-
-    def stream():
-        while not stop.is_set():
-            outs.append(backend.infer(x))
-    t = threading.Thread(target=stream)
-    t.start()
+    outs, stop, t = streaming(backend, x)
     bad = {**perturbed(net), "no.such.weight": torch.ones(3)}
     assert swap.submit(bad) is False                  # reported, not raised
     good = perturbed(net, seed=5)
@@ -347,13 +355,7 @@ def test_trt_engine_from_export_runs_and_refits_between_frames(net, tmp_path):
     ref_old = torch_out(net, net.net.state_dict(), x)
     assert np.abs(y_old - ref_old).max() <= 2e-2 * max(1.0, float(np.abs(ref_old).max()))   # fp16 engine
     swap = backend.swapper(eng, model=net)
-    outs, stop = [], threading.Event()
-
-    def stream():
-        while not stop.is_set():
-            outs.append(backend.infer(x))
-    t = threading.Thread(target=stream)
-    t.start()
+    outs, stop, t = streaming(backend, x)
     new = perturbed(net)
     assert swap.submit(new) is True                       # refit in this thread while frames flow
     assert swap.submit({**new, "no.such.weight": torch.ones(2)}) is False   # a failed refit: reported
@@ -417,7 +419,11 @@ def test_coreml_package_from_export_predicts(variant, net, tmp_path):
     _export(args, tmp_path)
     backend = load_backend(out)
     sizes = [(32, 64), (32, 32)] if variant == "enumerated" else [(32, 32)]
-    assert backend.spec.shapes == (((32, 32), (32, 64)) if variant == "enumerated" else backend.spec.shapes)
+    if variant == "enumerated":                    # offered as they are, not tiled to the default
+        assert backend.spec.shapes == ((32, 32), (32, 64)) and backend.spec.fit(30, 60) == (32, 64)
+    else:
+        assert backend.spec.fixed_hw == (32, 32) and len(backend.spec.shapes) <= 1
+    served = (backend.spec.fixed_hw, backend.spec.shapes, backend.image_input)
     tol = {"w8": 0.1, "w8a8": 0.2, "image_io": 2 / 255 + 0.02}.get(variant, 0.03)
     for h, wd in sizes:
         x = np.random.default_rng(0).random((1, 3, h, wd), dtype=np.float32)
@@ -434,4 +440,6 @@ def test_coreml_package_from_export_predicts(variant, net, tmp_path):
         y = backend.infer(x)
         ref = torch_out(net, new, x)
         ref = np.clip(ref, 0, 1) if variant == "image_io" else ref
-        assert np.abs(y - ref).mean() <= tol and backend.spec.shapes == swap.backend.spec.shapes
+        assert np.abs(y - ref).mean() <= tol and swap.swaps == 1
+        assert (backend.spec.fixed_hw, backend.spec.shapes, backend.image_input) == served   # re-read, same I/O
+        assert backend.spec.metadata.get("adapted") == "true"
