@@ -1,7 +1,8 @@
 """Run any of our artifacts on numpy batches, with the padding the artifact's metadata asks for.
 
-Used by parity checks, ``neurmap check`` and ``neurmap bench`` (the video runtime has its own backends in
-``edge_runtime``; export never imports it).
+Used by parity checks, ``neurmap check`` and ``neurmap bench``. TensorRT and Core ML run through the one
+runner of each (:class:`.trt_runtime.TRTRunner`, :class:`.coreml.CoreMLPredictor`), which the video runtime's
+backends wrap too (export never imports ``edge_runtime``).
 """
 from __future__ import annotations
 
