@@ -156,14 +156,16 @@ def train(ctx: typer.Context,
 
 
 def _register_subcommands() -> None:
-    """``run``, ``adapt``, ``export``, ``check`` and ``bench`` live beside the code they drive."""
+    """``run``, ``adapt``, ``export``, ``check``, ``bench`` and ``motion`` live beside the code they drive."""
     from neurmap.edge_runtime.adapt_cli import register as register_adapt
     from neurmap.edge_runtime.cli import register as register_runtime
     from neurmap.export.cli import register as register_export
+    from neurmap.motion import register as register_motion
 
     register_runtime(app)
     register_adapt(app)
     register_export(app)
+    register_motion(app)
 
 
 _register_subcommands()
