@@ -44,7 +44,7 @@ def adapt(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where accepted weights go (default: "
                                        "<weights>_adapted-<source>.safetensors)."),
     params: str = typer.Option("lora", "--params", help="Parameter set: lora, bias, last, all (or joined: "
-                               "lora+bias)."),
+                               "lora+bias). The stream path's default is all (at lr 5e-5)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Adam learning rate (default per parameter set)."),
     crop: int = typer.Option(96, "--crop", help="Training crop side in pixels."),
     batch: int = typer.Option(4, "--batch", help="Crops per step."),
@@ -70,6 +70,11 @@ def adapt(
                                           "(default: PyTorch's; on a small shared CPU, 1 avoids oversubscription)."),
     seed: int = typer.Option(0, "--seed"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the result as JSON here."),
+    exposure: Optional[float] = typer.Option(None, "--exposure", help="Exposure fraction of a video source "
+                                             "(shutter time × frame rate, in (0, 1]); default: estimated."),
+    mode: str = typer.Option("auto", "--mode", help="auto: a video or ordered frames use neighbouring frames' "
+                             "flow as the blur (stream path), one image the motion net (single path); or force "
+                             "'stream' / 'single'."),
 ) -> None:
     """Adapt a deblur net to the blur of one camera: a few guarded steps of NeurMAP's unpaired losses.
 
@@ -104,7 +109,21 @@ def adapt(
     if w.exists() and target.resolve() == w.resolve():
         raise NeurmapError(f"--out {target} is the original weights file; adapted weights never overwrite it")
 
+    if mode not in ("auto", "stream", "single"):
+        raise NeurmapError(f"--mode {mode!r}: choose auto, stream or single")
     model, meta = load_weights(weights)
+    if mode != "single":
+        from .stream_cli import adapt_stream, is_stream
+
+        if mode == "stream" or is_stream(source):
+            adapt_stream(source, weights, model, meta, target, exposure=exposure, max_frames=max_frames,
+                         overrides={"steps": steps, "crop": crop, "batch": batch, "seed": seed, "device": device,
+                                    "min_gain": min_gain, "min_blur_px": min_blur_px, "niqe_guard": niqe_guard, "probe_guard": probe_guard,
+                                    "eval_crop": eval_crop, "eval_crops": eval_crops,
+                                    **({"params": params} if params != "lora" else {}),
+                                    **({"lr": lr} if lr is not None else {})},
+                         json_out=json_out, console=console)
+            return
     M, motion_src = resolve_motion(weights, motion)
     frames = read_frames(source, max_frames)
     buf = FrameBuffer(capacity=max(len(frames), 2), holdout_every=4).extend(frames)

@@ -388,3 +388,108 @@ def test_cli_run_with_adapt_reports_the_adapter(nets, tmp_path):
     assert a["accepted"] == 0 or (out.exists() and a["swaps"] + a["swap"]["pending"] == 1)
     r = cli("run", folder, "--engine", w, "--adapt", "--adapt-opts", "bogus=1")
     assert r.exit_code != 0 and "bogus" in str(r.exception)
+
+
+# ------------------------------------------------------------------------------------------------ streams (#13)
+def _moving_clip(n=6, h=48, w=64, v=(1.0, 3.0), exposure=0.8, sub=7):
+    """Consecutive frames of a textured image moving at ``v`` px/frame, blurred over ``exposure`` (and sharp)."""
+    import cv2
+    import skimage.data as skd
+
+    img = cv2.resize(skd.astronaut(), (w + 60, h + 60), interpolation=cv2.INTER_AREA).astype(np.float32) / 255
+    blurry, sharp = [], []
+    for t in range(n):
+        views = []
+        for o in [*((np.arange(sub) + 0.5) / sub - 0.5), None]:
+            s = t + (exposure * o if o is not None else 0.0)
+            mat = np.float32([[1, 0, -30 + v[1] * s], [0, 1, -30 + v[0] * s]])
+            views.append(cv2.warpAffine(img, mat, (w, h), flags=cv2.INTER_LINEAR))
+        blurry.append(torch.from_numpy(np.mean(views[:-1], 0)).permute(2, 0, 1).contiguous())
+        sharp.append(torch.from_numpy(views[-1]).permute(2, 0, 1).contiguous())
+    return blurry, sharp
+
+
+def test_absolute_flow_motion_does_not_keep_the_identity_a_minimum(nets):
+    """Relative motion vn M(B) − vn M(X) is 0 at X = B, so R(B, 0) = B scores 0 (the identity is a minimum);
+    under the absolute flow-derived motion the blurry frame scores worse than the sharp truth."""
+    from neurmap.core.flow_motion import flow_blur
+    from neurmap.edge_runtime.stream_adapt import objective_at
+
+    _, M = nets
+    blurry, sharp = _moving_clip()
+    m = flow_blur(blurry, 2, 0.8)[None]
+    obj = objective_at(blurry[2][None], m, {"B": blurry[2][None], "S": sharp[2][None]}, M)
+    assert obj["B"]["relative_M"] == pytest.approx(0.0, abs=1e-6)
+    assert obj["B"]["absolute_flow"] > 1.2 * obj["S"]["absolute_flow"], obj
+
+
+def test_stream_round_accepts_or_restores_bit_identically(nets):
+    from neurmap.edge_runtime.stream_adapt import FlowWorker, StreamAdapter, motion_frames, stream_config
+
+    G0, _ = nets
+    blurry, _ = _moving_clip(n=7)
+    worker = FlowWorker()
+    items = motion_frames(blurry, list(range(7)), 0.8, worker)
+    assert worker.count == 7 and worker.per_frame() > 0          # the flow ran (in the worker) and was timed
+    worker.close()
+    assert 1.0 < float(items[3].motion.norm(dim=0).mean() * 20) < 2.0   # ≈ 0.8 · |v| / 2 = 1.26 px
+    cfg = dict(steps=2, crop=16, batch=2, eval_crops=2, eval_crop=32, probe_guard=False, min_blur_px=0.0)
+    G = clone_model(G0)
+    before = snapshot(G)
+    res = StreamAdapter(G, stream_config({**cfg, "min_gain": REFUSE})).run_round(items[:5], items[5:])
+    assert not res.accepted and res.steps == 2
+    assert all(torch.equal(before[k], v) for k, v in snapshot(G).items())
+    res = StreamAdapter(G, stream_config({**cfg, "min_gain": ACCEPT})).run_round(items[:5], items[5:])
+    assert res.accepted and res.params == "all"
+    assert any(not torch.equal(before[k], v) for k, v in snapshot(G).items())
+    with pytest.raises(NeurmapError, match="held-out frames"):
+        StreamAdapter(G, stream_config(cfg)).run_round(items, [])
+
+
+def test_cli_adapt_on_a_video_folder_takes_the_stream_path(nets, tmp_path):
+    import cv2
+
+    G0, M = nets
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    blurry, _ = _moving_clip(n=6)
+    for i, f in enumerate(blurry):
+        cv2.imwrite(str(folder / f"{i:03d}.png"), (f.permute(1, 2, 0).numpy()[:, :, ::-1] * 255).round().astype(np.uint8))
+    w = save_weights(tmp_path / "w.safetensors", G0, motion=M)
+    out = tmp_path / "w2.safetensors"
+    common = ["--steps", 2, "--crop", 16, "--batch", 1, "--eval-crop", 32, "--eval-crops", 2, "--no-probe-guard",
+              "--threads", 1, "--min-gain", ACCEPT]
+    r = cli("adapt", folder, "--weights", w, "--out", out, "--exposure", 0.8, *common)
+    assert r.exit_code == 0, r.output
+    line = json.loads(r.output[r.output.rindex('{"accepted"'):].splitlines()[0])
+    assert line["mode"] == "stream" and line["exposure"] == 0.8 and line["accepted"] and out.exists()
+    assert read_metadata(out)["provenance"]["mode"] == "stream"
+    r = cli("adapt", folder, "--weights", w, "--out", out, "--exposure", 1.5, *common)
+    assert r.exit_code != 0 and "exposure 1.5 must be in" in str(r.exception or r.output)
+    r = cli("adapt", folder, "--weights", w, "--out", tmp_path / "w3.safetensors", "--mode", "single",
+            "--min-blur-px", 0, *common)
+    assert r.exit_code == 0 and '"mode"' not in r.output.splitlines()[-1], r.output
+
+
+def test_cli_motion_reports_the_motion_net_beside_flow(nets, tmp_path):
+    import cv2
+
+    G0, M = nets
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    blurry, _ = _moving_clip(n=4)
+    for i, f in enumerate(blurry):
+        cv2.imwrite(str(folder / f"{i:03d}.png"), (f.permute(1, 2, 0).numpy()[:, :, ::-1] * 255).round().astype(np.uint8))
+    w = save_weights(tmp_path / "w.safetensors", G0, motion=M)
+    video = tmp_path / "viz.mp4"
+    r = cli("motion", folder, "--weights", w, "--exposure", 0.8, "-o", video, "--json")
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output[r.output.index("{"):])
+    assert res["stream"] and res["frames"] == 4 and len(res["per_frame"]) == 4
+    assert 0.9 < res["mean_flow_px"] < 2.0                         # ≈ 0.8 · |(1, 3)| / 2 = 1.26 px
+    assert res["mean_M_px"] >= 0 and "M_vs_flow_error_px" in res["per_frame"][0]
+    cap = cv2.VideoCapture(str(video))
+    ok, frame = cap.read()
+    assert ok and frame.shape[1] == 3 * 64                         # input | M | flow
+    r = cli("motion", folder / "000.png", "--weights", w, "--json")
+    assert r.exit_code == 0 and '"stream": false' in r.output
