@@ -34,6 +34,9 @@ import numpy as np  # noqa: E402
 
 from neurmap.core.errors import InputError, NeurmapError  # noqa: E402
 
+from .live import (CSI_PIPELINE, _capture, _OpenCVQuiet, _TimedReader, csi_pipeline,  # noqa: E402,F401
+                   ffmpeg_timeouts, parse_csi)
+
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".ts",
                     ".3gp", ".mjpeg", ".h264", ".h265", ".hevc")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
@@ -42,32 +45,11 @@ NETWORK_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt"
 USAGE = ("give a video file, an image folder, a camera index (0), v4l2:///dev/videoN, csi://N, "
          "rtsp://host/path or a GStreamer pipeline")
 
-# the Jetson CSI camera pipeline (Argus -> NVMM -> BGRx -> BGR -> appsink that keeps only the newest buffer)
-CSI_PIPELINE = ("nvarguscamerasrc sensor-id={sensor} ! video/x-raw(memory:NVMM),width={width},height={height},"
-                "framerate={fps}/1 ! nvvidconv{flip} ! video/x-raw,format=BGRx ! videoconvert ! "
-                "video/x-raw,format=BGR ! appsink drop=1 max-buffers=1")
-
 Event = Callable[[str], None]
 
 
 def _quiet(_msg: str) -> None:
     pass
-
-
-class _OpenCVQuiet:
-    """Silence OpenCV's own WARN lines while a capture opens (we report a failed open in one line)."""
-
-    def __enter__(self):
-        log = getattr(cv2.utils, "logging", None)
-        self.level = log.getLogLevel() if log else None
-        if log:
-            log.setLogLevel(min(self.level, log.LOG_LEVEL_ERROR))
-        return self
-
-    def __exit__(self, *exc):
-        if self.level is not None:
-            cv2.utils.logging.setLogLevel(self.level)
-        return False
 
 
 def has_gstreamer() -> bool:
@@ -85,12 +67,6 @@ def require_gstreamer(what: str) -> None:
             "(pip's opencv-python wheels never do): on Jetson use JetPack's OpenCV (apt python3-opencv, "
             "`pip uninstall opencv-python opencv-python-headless`); check with "
             "python -c \"import cv2; print(cv2.getBuildInformation())\" | grep GStreamer")
-
-
-def csi_pipeline(sensor: int, width: int = 1280, height: int = 720, fps: int = 30, flip: int = 0) -> str:
-    """The nvarguscamerasrc pipeline string for CSI sensor ``sensor``."""
-    return CSI_PIPELINE.format(sensor=sensor, width=width, height=height, fps=int(round(fps)),
-                               flip=f" flip-method={flip}" if flip else "")
 
 
 @dataclass
@@ -260,6 +236,107 @@ class ImageFolderSource(Source):
         return None
 
 
+class CaptureSource(Source):
+    """A live capture (camera, CSI, network stream, GStreamer pipeline) that reconnects when it drops.
+
+    ``opener()`` returns an object with ``isOpened()/read()/get()/release()`` (a ``cv2.VideoCapture``; tests
+    pass a fake). A read that fails, or that delivers nothing for ``read_timeout`` s, is a drop: the capture
+    is re-opened after 0.5, 1, 2, 4 ... ``max_backoff`` s until it delivers again or ``reconnect_timeout`` s
+    have passed without a frame (then the source ends, and the run finalises its output).
+    """
+
+    live = True
+
+    def __init__(self, uri: str, opener: Callable[[], Any], kind: str = "camera", on_event: Event = _quiet,
+                 reconnect_timeout: float = 30.0, first_backoff: float = 0.5, max_backoff: float = 8.0,
+                 read_timeout: float = 5.0) -> None:
+        super().__init__(uri, on_event)
+        self.opener, self.kind = opener, kind
+        self.reconnect_timeout, self.first_backoff, self.max_backoff = reconnect_timeout, first_backoff, max_backoff
+        self.read_timeout = read_timeout
+        self.reader: Optional[_TimedReader] = None
+
+    @property
+    def cap(self) -> Any:
+        return self.reader.cap if self.reader is not None else None
+
+    def _try_open(self):
+        try:
+            cap = self.opener()
+        except Exception:  # a failed open of a live source is retried, never a crash
+            return None
+        if cap is None or not cap.isOpened():
+            if cap is not None:
+                cap.release()
+            return None
+        return cap
+
+    def open(self) -> "CaptureSource":
+        cap = self._try_open()
+        if cap is None:
+            hint = {"camera": "is the camera plugged in, free (not used by another program) and readable "
+                              "(permissions on /dev/video*)?",
+                    "stream": "is the URL right and the server reachable?",
+                    "csi": "is nvargus-daemon running and the sensor connected (try `gst-launch-1.0 "
+                           "nvarguscamerasrc ! fakesink`)?",
+                    "gstreamer": "does the pipeline run with gst-launch-1.0 (ending in fakesink)?"}.get(self.kind, "")
+            raise InputError(f"cannot open {self.kind} {self.uri}; {hint}")
+        self.reader = _TimedReader(cap)
+        fps = cap.get(cv2.CAP_PROP_FPS)
+        self.fps = fps if fps and 0 < fps < 1000 else 30.0
+        w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        self.size = (w, h) if w > 0 and h > 0 else None
+        return self
+
+    def _reconnect(self) -> bool:
+        """Re-open with exponential backoff; False when ``reconnect_timeout`` passed (or stopped) first."""
+        start, delay, attempt = time.monotonic(), self.first_backoff, 0
+        while not self.stop_event.is_set():
+            left = self.reconnect_timeout - (time.monotonic() - start)
+            if left <= 0:
+                self.note(f"{self.kind} {self.uri}: no frames for {time.monotonic() - start:.1f} s after {attempt} "
+                          "reconnect attempts; giving up and finalising the output")
+                return False
+            attempt += 1
+            wait = min(delay, left)     # the last attempt lands on the timeout, not a backoff step after it
+            self.on_event(f"{self.kind} {self.uri} dropped; reconnecting in {wait:g} s (attempt {attempt})")
+            if self.stop_event.wait(wait):
+                return False
+            cap = self._try_open()
+            if cap is not None:
+                self.reader = _TimedReader(cap)
+                self.stats.reconnects += 1
+                self.note(f"{self.kind} {self.uri}: reconnected after {time.monotonic() - start:.1f} s "
+                          f"(attempt {attempt})")
+                return True
+            delay = min(delay * 2, self.max_backoff)
+        return False
+
+    def read(self) -> Optional[tuple[np.ndarray, str]]:
+        while not self.stop_event.is_set():
+            if self.reader is None and not self._reconnect():
+                return None
+            got = self.reader.read(self.read_timeout, self.stop_event)
+            if got is None and self.stop_event.is_set():
+                return None
+            ok, frame = got if got is not None else (False, None)
+            if ok and frame is not None and getattr(frame, "size", 0):
+                self.stats.frames += 1
+                return frame, f"{self.stats.frames - 1:06d}"
+            self.stats.drops += 1
+            if got is None:
+                self.stats.read_timeouts += 1
+                self.note(f"{self.kind} {self.uri}: no frame for {self.read_timeout:g} s (stalled); reconnecting")
+            self.reader.release()
+            self.reader = None
+        return None
+
+    def close(self) -> None:
+        if self.reader is not None:
+            self.reader.release(wait=1.0)
+            self.reader = None
+
+
 def open_source(uri: str, *, fps: Optional[float] = None, loop: bool = False, on_event: Event = _quiet,
                 reconnect_timeout: float = 30.0, read_timeout: float = 5.0, width: int = 1280, height: int = 720,
                 csi_fps: int = 30) -> Source:
@@ -306,7 +383,3 @@ def open_source(uri: str, *, fps: Optional[float] = None, loop: bool = False, on
     if fps:
         src.fps = fps
     return src
-
-
-# live captures live in .live (it builds on Source above); re-exported here, where sources are looked up
-from .live import CaptureSource, _capture, ffmpeg_timeouts, parse_csi  # noqa: E402,F401
