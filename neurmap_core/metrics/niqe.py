@@ -3,11 +3,12 @@
 Follows the official MATLAB release (``niqe.m`` / ``computequality.m``) with the pristine model shipped
 with it, as BasicSR's ``calculate_niqe`` does:
 
-* the image is made grayscale (MATLAB ``rgb2gray`` on the 8-bit image by default; BasicSR's default,
-  the BT.601 studio-range Y channel, with ``convert="y"``) and rounded to integers in [0, 255];
+* the image is made grayscale (OpenCV's BGR2GRAY on the 8-bit image by default; BasicSR's default,
+  the BT.601 studio-range Y channel, with ``convert="y"``; MATLAB ``rgb2gray`` with ``"rgb2gray"``) and
+  rounded to integers in [0, 255];
 * it is cropped to whole 96x96 blocks (no overlap);
 * two scales: the image, then the image resized by 0.5 with MATLAB's antialiased bicubic ``imresize``
-  (implemented here in numpy: Keys cubic a=-0.5, kernel widened by 1/scale, symmetric borders);
+  (Keys cubic a=-0.5, kernel widened by 1/scale, symmetric borders), in float32 as BasicSR;
 * at each scale MSCN coefficients with the 7x7 Gaussian window of the model (``imfilter`` with
   'replicate' borders), and per block 18 features: a GGD fit (shape, variance) of the MSCN
   coefficients and AGGD fits (shape, mean, left and right scale) of the products with the 4
@@ -30,7 +31,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from scipy.ndimage import correlate
+from scipy.ndimage import convolve
 from scipy.special import gamma as gamma_fn
 
 from ..errors import InputError, NeurmapError
@@ -154,6 +155,59 @@ def imresize_matlab(img: np.ndarray, scale: float, antialias: bool = True) -> np
     return out
 
 
+def _resize_weights_f32(n: int, m: int, scale: float):
+    """MATLAB's antialiased bicubic weights for one axis in float32 torch, (m, P) and first taps (m,)."""
+    import torch
+
+    width = 4.0 / scale if scale < 1 else 4.0
+    x = torch.linspace(1, m, m)
+    u = x / scale + 0.5 * (1 - 1 / scale)
+    left = torch.floor(u - width / 2)
+    taps = math.ceil(width) + 2
+    idx = left.view(m, 1) + torch.linspace(0, taps - 1, taps).view(1, taps)
+    d = u.view(m, 1) - idx
+    a = torch.abs(d * scale) if scale < 1 else torch.abs(d)
+    k = ((1.5 * a ** 3 - 2.5 * a ** 2 + 1) * (a <= 1).type_as(a)
+         + (-0.5 * a ** 3 + 2.5 * a ** 2 - 4 * a + 2) * ((a > 1) & (a <= 2)).type_as(a))
+    w = scale * k if scale < 1 else k
+    w = w / w.sum(1).view(m, 1)
+    zeros = (w == 0).sum(0)
+    if zeros[0] != 0:               # the first / last tap column goes when any row weights it zero
+        idx, w = idx[:, 1:], w[:, 1:]
+    if zeros[-1] != 0:
+        idx, w = idx[:, :-1], w[:, :-1]
+    return w.contiguous(), idx[:, 0].long()
+
+
+def imresize_f32(img: np.ndarray, scale: float) -> np.ndarray:
+    """``imresize_matlab`` for a 2-D image in float32 torch, one matrix-vector product per output line.
+
+    NIQE's reference values (BasicSR's ``calculate_niqe``) come from this float32 arithmetic; on images
+    with flat regions NIQE depends on its last bits, so the float64 resize does not reproduce them."""
+    import torch
+
+    t = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))
+    for axis in (0, 1):            # rows first, then columns, each in the layout the reference uses
+        n = t.shape[axis]
+        m = int(math.ceil(n * scale))
+        w, first = _resize_weights_f32(n, m, scale)
+        p = w.shape[1]
+        lo = max(0, 1 - int(first.min()))                 # half-sample symmetric padding at both ends
+        hi = max(0, int(first.max()) + p - 1 - n)         # (``first``: 1-based, as in MATLAB)
+        parts = ([t.narrow(axis, 0, lo).flip(axis)] if lo else []) + [t]
+        parts += [t.narrow(axis, n - hi, hi).flip(axis)] if hi else []
+        padded = torch.cat(parts, axis).contiguous()
+        out = torch.empty((m, t.shape[1]) if axis == 0 else (t.shape[0], m))
+        for i in range(m):
+            j = int(first[i]) - 1 + lo
+            if axis == 0:
+                out[i, :] = padded[j:j + p, :].t().mv(w[i])
+            else:
+                out[:, i] = padded[:, j:j + p].mv(w[i])
+        t = out
+    return t.contiguous().numpy()
+
+
 # ------------------------------------------------------------------------------------------ features
 _GAM = 0.2 + 0.001 * np.arange(9801)                   # MATLAB 0.2:0.001:10
 _R_GAM = gamma_fn(2.0 / _GAM) ** 2 / (gamma_fn(1.0 / _GAM) * gamma_fn(3.0 / _GAM))
@@ -192,15 +246,17 @@ def _block_features(block: np.ndarray) -> list[float]:
 
 
 def _mscn(img: np.ndarray, window: np.ndarray) -> np.ndarray:
-    mu = correlate(img, window, mode="nearest")
-    sigma = np.sqrt(np.abs(correlate(img * img, window, mode="nearest") - mu * mu))
-    return (img - mu) / (sigma + 1.0)
+    # convolve (not correlate) and float32: in flat regions img - mu is rounding noise that the product
+    # features amplify, so the reference values depend on the exact float32 operations
+    mu = convolve(img, window, mode="nearest")
+    sigma = np.sqrt(np.abs(convolve(np.square(img), window, mode="nearest") - np.square(mu)))
+    return (img - mu) / (sigma + 1)
 
 
 def niqe_gray(gray: np.ndarray, params=None, block: int = BLOCK) -> float:
     """NIQE of a 2-D grayscale image with values in [0, 255] (used as given: round it first for MATLAB parity)."""
     mu_p, cov_p, window = load_niqe_params(params)
-    img = np.asarray(gray, dtype=np.float64)
+    img = np.asarray(gray, dtype=np.float32)     # float32 throughout, as BasicSR (its reference values)
     if img.ndim != 2:
         raise InputError(f"niqe_gray needs a 2-D image, got shape {img.shape}")
     nh, nw = img.shape[0] // block, img.shape[1] // block
@@ -215,7 +271,7 @@ def niqe_gray(gray: np.ndarray, params=None, block: int = BLOCK) -> float:
                  for j in range(nw) for i in range(nh)]
         per_scale.append(np.asarray(feats, dtype=np.float64))
         if scale == 1:
-            img = imresize_matlab(img / 255.0, 0.5) * 255.0
+            img = imresize_f32(img / 255.0, 0.5) * 255.0
     feat = np.concatenate(per_scale, axis=1)           # (blocks, 36)
     mu_d = np.nanmean(feat, axis=0, keepdims=True)
     finite = feat[~np.isnan(feat).any(axis=1)]
@@ -262,20 +318,26 @@ def _to_uint8_rgb_array(img) -> np.ndarray:
 
 
 def to_gray_255(img, convert: str = "gray") -> np.ndarray:
-    """Grayscale image in [0,255] with integer values, as NIQE sees it.
+    """Grayscale image in [0,255] with integer values (float32), as NIQE sees it.
 
-    ``convert="gray"``: MATLAB ``rgb2gray`` of the 8-bit RGB image, rounded (what ``niqe.m`` does);
-    ``convert="y"``: BT.601 Y of YCbCr (16..235), rounded (BasicSR's default).
+    As BasicSR's ``calculate_niqe`` (whose values the tests match), in float32 from the 8-bit image:
+    ``convert="gray"``: OpenCV's BGR2GRAY (0.299 R + 0.587 G + 0.114 B); ``convert="y"``: BT.601 studio
+    range Y (16..235, BasicSR's default); ``convert="rgb2gray"``: MATLAB's ``rgb2gray`` (what ``niqe.m``
+    users call). An HxW image counts as the three-channel image with that plane in every channel.
     """
     a = _to_uint8_rgb_array(img)
     if a.ndim == 2:
-        return a
+        a = np.repeat(a[:, :, None], 3, axis=2)
+    bgr = np.ascontiguousarray(a[:, :, ::-1], dtype=np.float32)
     if convert == "gray":
-        g = a @ _rgb2gray_coef()
+        import cv2
+        g = cv2.cvtColor(bgr / 255.0, cv2.COLOR_BGR2GRAY) * 255.0
     elif convert == "y":
-        g = a @ np.array([65.481, 128.553, 24.966]) / 255.0 + 16.0
+        g = ((np.dot(bgr / 255.0, [24.966, 128.553, 65.481]) + 16.0) / 255.0).astype(np.float32) * 255.0
+    elif convert == "rgb2gray":
+        g = (a @ _rgb2gray_coef()).astype(np.float32)
     else:
-        raise InputError(f"convert must be 'gray' or 'y', got {convert!r}")
+        raise InputError(f"convert must be 'gray', 'y' or 'rgb2gray', got {convert!r}")
     return np.round(g)
 
 
@@ -284,7 +346,7 @@ def niqe(img, params=None, convert: str = "gray", crop_border: int = 0) -> float
 
     ``img``: numpy HxWx3 / HxW (uint8, or float in [0,1]) or a tensor (3,H,W) / (1,3,H,W) in [0,1].
     ``params``: the pristine model (path or mapping; default lookup in the module docstring).
-    ``convert``: 'gray' (MATLAB rgb2gray, default) or 'y' (BasicSR's default Y channel).
+    ``convert``: 'gray' (OpenCV BGR2GRAY, default), 'y' (BasicSR's default Y channel) or 'rgb2gray'.
     """
     g = to_gray_255(img, convert)
     if crop_border:
