@@ -35,15 +35,10 @@ from neurmap.core.data import (
 from neurmap.core.errors import InputError
 from neurmap.core.reblur import reblur
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-GOPRO240 = SHARED_DATA / "gopro240" / "GOPR0477_11_00"
-CAR = SHARED_DATA / "real_video" / "car"
+from conftest import shared_path
 
-
-def need(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"shared data {path} is absent (tests read it from ../shared/data beside the checkout)")
-    return path
+GOPRO240 = ("gopro240", "GOPR0477_11_00")
+CAR = ("real_video", "car")
 
 
 def grad_energy(x: torch.Tensor) -> float:
@@ -175,7 +170,7 @@ def test_corrupt_video_is_input_error(tmp_path):
 
 
 def test_unpaired_real_video_folder():
-    car = need(CAR)
+    car = shared_path(*CAR)
     ds = UnpairedFolder(car, key="blurry", crop_size=64, flip=True)
     assert len(ds) == 60
     a = ds[0]["blurry"]
@@ -208,7 +203,7 @@ def test_gopro_blur_of_identical_frames_is_the_frame():
 
 
 def test_gopro_pairs_from_real_frames():
-    folder = need(GOPRO240)
+    folder = shared_path(*GOPRO240)
     pairs = gopro_pairs_from_folder(folder, n_frames=7, count=1, crop=(250, 500, 96, 128))
     assert len(pairs) == 1 and pairs.windows == [(0, 7)]
     blurry, sharp = pairs[0]
@@ -242,19 +237,66 @@ def test_random_motion_field_smooth_bounded_reproducible():
     assert small.shape == (2, 40, 70) and float((small * 20).norm(dim=0).max()) <= 5.0 + 1e-4
 
 
-def test_kernel_blur_zero_motion_identity_and_matches_reblur():
+def line_integral_blur(img: np.ndarray, motion: np.ndarray, border: str, taps: int = 15) -> np.ndarray:
+    """Independent reference for kernel_blur: per pixel, the mean of ``taps`` bilinear samples spaced evenly
+    on the segment p ± 20·m(p), in float64 loops; outside the image zeros ('zeros') or the nearest edge
+    pixel ('replicate')."""
+    c, h, w = img.shape
+    out = np.zeros((c, h, w))
+
+    def at(y: int, x: int) -> np.ndarray:
+        if border == "replicate":
+            return img[:, min(max(y, 0), h - 1), min(max(x, 0), w - 1)]
+        return img[:, y, x] if 0 <= y < h and 0 <= x < w else np.zeros(c)
+
+    for y in range(h):
+        for x in range(w):
+            dy, dx = 20.0 * motion[0, y, x], 20.0 * motion[1, y, x]
+            acc = np.zeros(c)
+            for k in range(taps):
+                t = -1.0 + 2.0 * k / (taps - 1)
+                py, px = y + t * dy, x + t * dx
+                y0, x0 = int(np.floor(py)), int(np.floor(px))
+                fy, fx = py - y0, px - x0
+                acc += ((1 - fy) * (1 - fx) * at(y0, x0) + (1 - fy) * fx * at(y0, x0 + 1)
+                        + fy * (1 - fx) * at(y0 + 1, x0) + fy * fx * at(y0 + 1, x0 + 1))
+            out[:, y, x] = acc / taps
+    return out
+
+
+def test_kernel_blur_against_an_explicit_line_integral():
+    img = torch.rand(2, 9, 11, generator=gen(0))
+    m = random_motion_field(9, 11, gen(1), max_px=4.0)
+    for border in ("zeros", "replicate"):
+        ref = line_integral_blur(img.double().numpy(), m.double().numpy(), border)
+        got = kernel_blur(img, m, border=border)
+        np.testing.assert_allclose(got.numpy(), ref, atol=1e-5, err_msg=border)   # 5% more motion: 0.02 off
+    # by hand: a 1-pixel dot under a uniform horizontal motion of 7 px spreads into 15 equal taps 1/15 wide
+    dot = torch.zeros(1, 5, 21)
+    dot[0, 2, 10] = 1.0
+    horiz = torch.zeros(2, 5, 21)
+    horiz[1] = 7.0 / 20.0
+    row = kernel_blur(dot, horiz)[0, 2]
+    np.testing.assert_allclose(row[3:18].numpy(), np.full(15, 1 / 15), atol=1e-6)
+    assert float(row[:3].abs().max()) < 1e-6 and float(row[18:].abs().max()) < 1e-6
+    assert float(kernel_blur(dot, horiz)[0, [0, 1, 3, 4]].abs().max()) < 1e-6        # nothing leaves the row
+
+
+def test_kernel_blur_zero_motion_identity_batching_and_borders():
     img = torch.rand(3, 32, 40, generator=gen(0))
     zero = torch.zeros(2, 32, 40)
     for border in ("zeros", "replicate", "reflect"):
-        assert torch.allclose(kernel_blur(img, zero, border=border), img, atol=1e-5)  # reblur: float32 grid round-off
+        assert torch.allclose(kernel_blur(img, zero, border=border), img, atol=1e-5)  # float32 grid round-off
     m = random_motion_field(32, 40, gen(1), max_px=6.0)
     exact = kernel_blur(img, m)
     assert exact.shape == img.shape
-    assert torch.allclose(exact, reblur(img[None], m[None])[0])
     batch = kernel_blur(img[None].repeat(2, 1, 1, 1), m[None].repeat(2, 1, 1, 1))
     assert batch.shape == (2, 3, 32, 40) and torch.allclose(batch[1], exact)
-    rep = kernel_blur(img, m, border="replicate")                        # equals reblur away from the rim
+    rep = kernel_blur(img, m, border="replicate")                        # equals zeros away from the rim
     assert torch.allclose(rep[:, 8:-8, 8:-8], exact[:, 8:-8, 8:-8], atol=1e-5)
+    flat = torch.full((3, 32, 40), 0.5)                                  # replicate keeps a flat image flat ...
+    assert torch.allclose(kernel_blur(flat, m, border="replicate"), flat, atol=1e-5)
+    assert float(kernel_blur(flat, m)[:, 0].min()) < 0.45                # ... zeros darken its rim
     assert grad_energy(exact) < grad_energy(img)
 
 
@@ -368,7 +410,7 @@ def test_paired_folder_layouts_and_errors(tmp_path):
 
 
 def test_synthesized_gopro_dataset():
-    folder = need(GOPRO240)
+    folder = shared_path(*GOPRO240)
     ds = SynthesizedGoPro(folder, n_frames=(7, 9), frame_range=(0, 20), crop_size=48, seed=0)
     assert len(ds) == 20 - 7 + 1
     item = ds[len(ds) - 1]
