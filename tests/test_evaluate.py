@@ -20,30 +20,24 @@ from neurmap.core.errors import CheckpointError, InputError, NeurmapError
 from neurmap.core.evaluate import evaluate, open_data, summary_rows
 from neurmap.core.metrics.psnr import psnr
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
-DMPHN = SHARED_DATA / "pretrained" / "dmphn_1_2_4"
-GOPRO240 = SHARED_DATA / "gopro240" / "GOPR0477_11_00"
-CAR = SHARED_DATA / "real_video" / "car"
+from conftest import shared_path
+
+DMPHN = ("pretrained", "dmphn_1_2_4")
+GOPRO240 = ("gopro240", "GOPR0477_11_00")
+CAR = ("real_video", "car")
 H, W = 96, 192
-
-
-def need(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"shared data {path} is absent (tests read it from ../shared/data beside the checkout)")
-    return path
 
 
 @pytest.fixture(scope="module")
 def gopro_pairs():
-    pairs = gopro_pairs_from_folder(need(GOPRO240), n_frames=9, count=3, start=10, stride=30,
+    pairs = gopro_pairs_from_folder(shared_path(*GOPRO240), n_frames=9, count=3, start=10, stride=30,
                                     crop=(300, 520, H, W))
     return [pairs[i] for i in range(len(pairs))]
 
 
 @pytest.fixture(scope="module")
 def dmphn():
-    model, _ = load_weights(need(DMPHN))
+    model, _ = load_weights(shared_path(*DMPHN))
     return model
 
 
@@ -101,7 +95,7 @@ def test_gopro_layout_detected_and_test_split_chosen(tmp_path, gopro_pairs):
 def test_unpaired_folder_gives_niqe_only(dmphn, tmp_path):
     folder = tmp_path / "car"
     for name in ("0001.jpg", "0030.jpg"):
-        frame = read_image(need(CAR) / name)
+        frame = read_image(shared_path(*CAR) / name)
         write_image(folder / f"{Path(name).stem}.png", frame[:, 300:300 + H, 500:500 + W])
     grid = tmp_path / "car_grid.png"
     res = evaluate(dmphn, folder, grid_path=grid, progress=False)
@@ -174,7 +168,7 @@ def test_cli_eval_writes_json_and_grid(paired_dir, tmp_path):
     from neurmap.cli import app
 
     out_json, out_grid = tmp_path / "r" / "eval.json", tmp_path / "r" / "grid.png"
-    result = CliRunner().invoke(app, ["eval", "--weights", str(need(DMPHN)), "--data", str(paired_dir),
+    result = CliRunner().invoke(app, ["eval", "--weights", str(shared_path(*DMPHN)), "--data", str(paired_dir),
                                       "--json", str(out_json), "--grid", str(out_grid), "--max-images", "2"])
     assert result.exit_code == 0, (result.output, result.exception)
     assert "PSNR" in result.output

@@ -21,15 +21,9 @@ from neurmap.core.metrics import (imresize_matlab, lpips, lpips_per_image, ms_ss
 lpips_mod = importlib.import_module("neurmap.core.metrics.lpips")
 niqe_mod = importlib.import_module("neurmap.core.metrics.niqe")
 
+from conftest import shared_path as shared  # noqa: E402
+
 torch.set_num_threads(1)
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-def shared(*parts: str) -> Path:
-    p = SHARED.joinpath(*parts)
-    if not p.exists():
-        pytest.skip(f"shared data {p} is absent (read from ../shared/data beside the checkout)")
-    return p
 
 
 def to_t(a: np.ndarray) -> torch.Tensor:
