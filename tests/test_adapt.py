@@ -20,11 +20,12 @@ from neurmap.core import build_model, load_weights, save_weights
 from neurmap.core.checkpoint import read_metadata, shipped_models
 from neurmap.core.errors import NeurmapError
 from neurmap.edge_runtime.adaptation import (AdaptConfig, Adapter, FrameBuffer, LoRAConvs, clone_model,
-                                             resolve_motion, save_adapted)
+                                             fixed_crops, resolve_motion, save_adapted, score)
 from neurmap.edge_runtime.hotswap import (OnlineAdapter, OrtSwap, TorchSwap, model_from_onnx,
                                           patch_onnx_initializers)
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from conftest import SHARED_DATA
+
 ACCEPT = -1e9          # min_gain that accepts any finite result (mechanics tests)
 REFUSE = 0.999         # min_gain no round can meet (forces the rollback path)
 
@@ -152,8 +153,11 @@ def test_accepted_weights_saved_atomically_with_provenance(nets, tmp_path, monke
     orig = save_weights(tmp_path / "orig.safetensors", G0, motion=M, provenance={"source": "test"})
     digest = hashlib.sha256(orig.read_bytes()).hexdigest()
     G, _ = load_weights(orig)
-    adapter, res = run_round(G, M, tiny_cfg())
-    assert res.accepted
+    cfg = tiny_cfg()
+    buf = FrameBuffer(capacity=6, holdout_every=3).extend(frames(6))
+    adapter = Adapter(G, M, cfg)
+    res = adapter.run_round(*buf.snapshot())
+    assert res.accepted and res.after.total != res.before.total
     import neurmap.core.checkpoint as ck
     calls = []
     real = ck.atomic_write
@@ -165,8 +169,13 @@ def test_accepted_weights_saved_atomically_with_provenance(nets, tmp_path, monke
     assert hashlib.sha256(orig.read_bytes()).hexdigest() == digest            # original untouched
     meta = read_metadata(out)
     assert meta["provenance"]["source"] == "clip.mp4" and meta["provenance"]["steps"] == 2
-    assert meta["provenance"]["score_after"]["total"] < meta["provenance"]["score_before"]["total"] * 1e9
     G2, _ = load_weights(out)
+    # the file holds the weights the guard scored: re-scored on the same held-out crops, the saved weights
+    # give the recorded score_after and the original file gives score_before (a swap or stale save fails)
+    held = fixed_crops(buf.snapshot()[1], cfg.eval_crops, cfg.eval_crop, cfg.seed)
+    for weights_file, key in ((out, "score_after"), (orig, "score_before")):
+        rescored = score(load_weights(weights_file)[0].eval(), M, held, adapter.mu, cfg).total
+        assert rescored == pytest.approx(meta["provenance"][key]["total"], rel=1e-5, abs=1e-6), key
     assert all(torch.equal(a, b) for a, b in zip(G2.net.state_dict().values(), adapter.G.net.state_dict().values()))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapted.safetensors", "orig.safetensors"]  # no temp left
     with pytest.raises(NeurmapError, match="never overwrite"):
@@ -335,7 +344,7 @@ def test_cli_adapt_on_a_tiny_folder(nets, tmp_path):
     import cv2
 
     G0, M = nets
-    car = SHARED / "real_video" / "car"
+    car = SHARED_DATA / "real_video" / "car"
     folder = tmp_path / "clip"
     folder.mkdir()
     if car.is_dir():      # real blurry camera frames, shrunk
@@ -365,9 +374,19 @@ def test_cli_adapt_on_a_tiny_folder(nets, tmp_path):
     assert r.exit_code != 0 and "never overwrite" in str(r.exception or r.output)
 
 
-def test_cli_run_with_adapt_reports_the_adapter(nets, tmp_path):
+def test_cli_run_with_adapt_reports_the_adapter(nets, tmp_path, monkeypatch):
     import cv2
 
+    from neurmap.edge_runtime import hotswap
+
+    # the stream may end before the round does (close() then rolls it back): let the one round finish first,
+    # so that an accepted round is what this test sees
+    real_close = hotswap.OnlineAdapter.close
+
+    def close_after_the_round(self, timeout=30.0):
+        self.thread.join(120)
+        return real_close(self, timeout)
+    monkeypatch.setattr(hotswap.OnlineAdapter, "close", close_after_the_round)
     G0, M = nets
     folder = tmp_path / "clip"
     folder.mkdir()
@@ -384,8 +403,15 @@ def test_cli_run_with_adapt_reports_the_adapter(nets, tmp_path):
     summary = json.loads(r.output[r.output.index("{"):])
     a = summary["adaptation"]
     assert a["error"] is None and a["frames_buffered"] >= 4
-    # an accepted round is saved, then swapped in at the next frame (pending if the stream ended first)
-    assert a["accepted"] == 0 or (out.exists() and a["swaps"] + a["swap"]["pending"] == 1)
+    # the round (min_gain -1e9: any finite result) is accepted, saved, then swapped in at the next frame
+    # (pending if the stream ended first)
+    assert a["rounds"] == 1 and a["accepted"] == 1, a
+    assert out.exists() and a["swaps"] + a["swap"]["pending"] == 1, a
+    prov = read_metadata(out)["provenance"]
+    assert prov["adapted_online"] is True and prov["rounds_accepted"] == 1
+    G_saved, _ = load_weights(out)
+    assert any(not torch.equal(a_, b_) for a_, b_ in zip(G_saved.net.state_dict().values(),
+                                                         G0.net.state_dict().values()))   # new weights saved
     r = cli("run", folder, "--engine", w, "--adapt", "--adapt-opts", "bogus=1")
     assert r.exit_code != 0 and "bogus" in str(r.exception)
 
