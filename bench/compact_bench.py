@@ -5,7 +5,7 @@ Per network: parameters, GMAC at 720p and 360p (hooks on the meta device), ONNX 
 static-QDQ INT8 (U8 activations / S8 per-channel weights from ``neurmap.export.ort_quant``, MSE ranges from 4
 native-scale 256² GoPro-protocol training crops, calibrated on a dynamic twin) at 640×360 and 1280×720 (each
 net's input padded to its own pad multiple), and PSNR on the held-out GoPro-protocol pairs of
-``scripts/train_default.py`` (4 full 1280×720 frames from GOPR0477_11_00 frames 80-119).
+``bench/default_quality.py`` (4 full 1280×720 frames from GOPR0477_11_00 frames 80-119).
 
 Both networks are timed in the same run, alternating per resolution, with the same thread setting, so
 their ratio holds even on a loaded machine; the load average (``uptime``) before and after is in the JSON.
@@ -29,9 +29,9 @@ import torch
 
 from common import RESULTS, report, time_it
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
-import train_default as td  # noqa: E402  (held-out pairs, training frames, PSNR helper)
+from default_quality import DATA, gopro_heldout, psnrs  # noqa: E402  (held-out pairs, PSNR)
+
+GOPRO_SEQ, TRAIN_FRAMES = "gopro240/GOPR0477_11_00", (0, 80)
 
 RESOLUTIONS = {"360p": (360, 640), "720p": (720, 1280)}
 
@@ -51,7 +51,7 @@ def calibration_crops(data: Path, n: int = 4, size: int = 256) -> np.ndarray:
     """GoPro-protocol blurry crops from the training frames (0-79), native scale."""
     from neurmap.core.data import gopro_pairs_from_folder
 
-    pairs = gopro_pairs_from_folder(data / td.GOPRO_SEQ, n_frames=range(7, 14, 2), frame_range=td.TRAIN_FRAMES,
+    pairs = gopro_pairs_from_folder(data / GOPRO_SEQ, n_frames=range(7, 14, 2), frame_range=TRAIN_FRAMES,
                                     seed=3, count=n)
     rng = np.random.default_rng(3)
     out = []
@@ -87,7 +87,7 @@ def ort_psnr(path: Path, blurry: torch.Tensor, sharp: torch.Tensor, mult: int, t
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, default=td.DEFAULT_DATA)
+    ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0: ORT's default)")
     ap.add_argument("--skip-int8", action="store_true")
     ap.add_argument("--recompute-dmphn", action="store_true", help="score DMPHN on the held-out pairs again")
@@ -112,7 +112,7 @@ def main() -> None:
         models["dmphn_1_2_4"] = load_weights(dmphn_dir)
     else:
         notes.append(f"{dmphn_dir} absent: DMPHN 1-2-4 row skipped")
-    blurry, sharp = td.heldout_pairs(args.data)
+    blurry, sharp = gopro_heldout(args.data)
     calib = calibration_crops(args.data) if have_int8 else None
 
     rows = {name: {"net": name, "weights": "shipped default" if name == "compact" else "official",
@@ -138,7 +138,7 @@ def main() -> None:
                         rows[name]["heldout_psnr_int8"] = round(ort_psnr(q.path, blurry, sharp, model.pad_multiple,
                                                                          args.threads), 3)
         # quality on the held-out pairs
-        rows["compact"]["heldout_psnr"] = round(td.evaluate_psnr(models["compact"][0], blurry, sharp), 3)
+        rows["compact"]["heldout_psnr"] = round(float(psnrs(models["compact"][0], blurry, sharp, chunk=1).mean()), 3)
         if "dmphn_1_2_4" in models:
             curve = RESULTS / "compact_training.json"
             cached = json.loads(curve.read_text()).get("dmphn_1_2_4_psnr") if curve.exists() else None
@@ -146,9 +146,9 @@ def main() -> None:
                 rows["dmphn_1_2_4"]["heldout_psnr"] = cached
                 notes.append("DMPHN 1-2-4 held-out PSNR from bench/results/compact_training.json (same pairs)")
             else:
-                p = td.evaluate_psnr(models["dmphn_1_2_4"][0], blurry, sharp)
+                p = float(psnrs(models["dmphn_1_2_4"][0], blurry, sharp, chunk=1).mean())
                 rows["dmphn_1_2_4"]["heldout_psnr"] = round(p, 3)
-    blurry_psnr = round(td.input_psnr(blurry, sharp), 3)
+    blurry_psnr = round(float(psnrs(None, blurry, sharp).mean()), 3)
 
     out_rows = list(rows.values())
     extra = {"blurry_heldout_psnr": blurry_psnr, "uptime_before": load_before, "uptime_after": uptime(),

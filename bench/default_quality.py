@@ -38,11 +38,16 @@ from neurmap.core.metrics import psnr_per_image  # noqa: E402
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def heldout_sources(data: Path = DATA, n_clips: int = 12) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """name -> (blurry, sharp) stacks; the same pairs every run."""
+def gopro_heldout(data: Path = DATA) -> tuple[torch.Tensor, torch.Tensor]:
+    """(blurry, sharp), each (4, 3, 720, 1280): GoPro-protocol pairs of frames 80-119, never trained on."""
     pairs = gopro_pairs_from_folder(data / "gopro240" / "GOPR0477_11_00", n_frames=range(7, 14, 2), stride=9,
                                     frame_range=(80, 120), seed=1)
-    out = {"gopro_80_119": tuple(torch.stack(t) for t in zip(*[pairs[i] for i in range(len(pairs))]))}
+    return tuple(torch.stack(t) for t in zip(*[pairs[i] for i in range(len(pairs))]))
+
+
+def heldout_sources(data: Path = DATA, n_clips: int = 12) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """name -> (blurry, sharp) stacks; the same pairs every run."""
+    out = {"gopro_80_119": gopro_heldout(data)}
     photos = data / "sharp_photos"
     for name, blur, degrade in (("photo_shake", "shake", False), ("photo_kernel", "kernel", False),
                                 ("photo_shake_camera", "shake", True)):
