@@ -232,7 +232,7 @@ def test_adapt_setup_failure_releases_the_stream(video, engine, tmp_path):
         r = CliRunner().invoke(app, ["run", server.url, "-e", str(engine), "--adapt", "--adapt-opts", "bogus=1"])
         assert r.exit_code != 0 and "bogus" in str(r.exception)
         # r still holds the traceback (and with it the pipeline): the connection must be closed anyway
-        assert server.client_gone.wait(3), "the stream was left open after --adapt setup failed"
+        assert server.client_gone.wait(10), "the stream was left open after --adapt setup failed"
     finally:
         server.close()
 
@@ -361,10 +361,10 @@ def test_kill_9_during_adaptation_leaves_the_weights_untouched(tmp_path):
     while time.monotonic() < deadline:
         line = proc.stderr.readline()
         seen.append(line)
-        if "step 1/400" in line or (not line and proc.poll() is not None):
+        if line.startswith("adapting") or (not line and proc.poll() is not None):
             break
-    assert "step 1/400" in seen[-1], "".join(seen)[-800:]
-    proc.send_signal(signal.SIGKILL)     # gradient steps in progress
+    assert seen[-1].startswith("adapting"), "".join(seen)[-800:]
+    proc.send_signal(signal.SIGKILL)     # weights loaded, frames read: scoring and 400 gradient steps ahead
     proc.wait(30)
     assert proc.returncode == -signal.SIGKILL
     assert hashlib.sha256(w.read_bytes()).hexdigest() == digest
