@@ -2,7 +2,12 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -146,12 +151,18 @@ def _spawn(world, out, resume, iterations):
     shared_path("gopro240", "GOPR0477_11_00")   # skip here: a skip raised inside a spawned rank is a crash
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    mp.start_processes(_ddp_worker, args=(world, _free_port(), out, resume, iterations, q), nprocs=world,
-                       join=True, start_method="spawn")
+    ranks = mp.start_processes(_ddp_worker, args=(world, _free_port(), out, resume, iterations, q), nprocs=world,
+                               join=False, start_method="spawn")
+    deadline = time.monotonic() + 300          # a hung collective fails the test instead of hanging the suite
+    while not ranks.join(timeout=2):
+        if time.monotonic() > deadline:
+            for p in ranks.processes:
+                p.kill()
+            pytest.fail(f"{world} DDP ranks did not finish within 300 s")
     return sorted(q.get() for _ in range(world))
 
 
-@pytest.mark.timeout(600) if hasattr(pytest.mark, "timeout") else (lambda f: f)
+@pytest.mark.slow
 def test_ddp_two_ranks_on_cpu_stay_identical_and_resume_under_another_world_size(tmp_path):
     out = str(tmp_path / "ddp")
     results = _spawn(2, out, None, 2)
@@ -162,3 +173,92 @@ def test_ddp_two_ranks_on_cpu_stay_identical_and_resume_under_another_world_size
     assert {r[2] for r in results3} == {2}
     assert len({r[1] for r in results3}) == 1
     assert (tmp_path / "ddp" / "ckpt_0000004.pt").exists()
+
+
+# ---- kill -9 from the command line --------------------------------------------------------------------------
+def _tiny_cli_run_folder(root: Path) -> Path:
+    """A config and data folders of 64x64 GoPro crops (paired: mean of 7 frames / the 4th; unpaired sharp)."""
+    import cv2
+    import numpy as np
+
+    seq = shared_path("gopro240", "GOPR0477_11_00")
+    for d in ("pairs/blur", "pairs/sharp", "sharp"):
+        (root / d).mkdir(parents=True)
+    for i in range(4):
+        y, x = 200 + 40 * i, 300 + 90 * i
+        crops = [cv2.imread(str(seq / f"{j:06d}.png"))[y:y + 64, x:x + 64].astype(np.float64)
+                 for j in range(1 + 10 * i, 8 + 10 * i)]
+        cv2.imwrite(str(root / "pairs" / "blur" / f"{i}.png"), np.round(np.mean(crops, 0)).astype(np.uint8))
+        cv2.imwrite(str(root / "pairs" / "sharp" / f"{i}.png"), crops[3].astype(np.uint8))
+        cv2.imwrite(str(root / "sharp" / f"{i}.png"), cv2.imread(str(seq / f"{60 + 10 * i:06d}.png"))[y:y + 64, x + 100:x + 164])
+    cfg = root / "tiny.yaml"
+    cfg.write_text("backbone: dmphn_1_2_4\niterations: 4\ncrop: 32\nbatch_paired: 1\nbatch_unpaired: 1\n"
+                   "checkpoint_every: 2\ntensorboard: false\ndevice: cpu\nprecision: fp32\n"
+                   f"data:\n  paired: {{type: paired, path: {root / 'pairs'}}}\n"
+                   f"  unpaired_blurry: {{type: kernel, path: {root / 'sharp'}}}\n"
+                   f"  unpaired_sharp: {{type: folder, path: {root / 'sharp'}}}\n")
+    return cfg
+
+
+def _cli_train(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "neurmap", "train", *args, "--no-progress"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def _finish(proc: subprocess.Popen, what: str, timeout: float = 300) -> str:
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail(f"{what} did not finish within {timeout:.0f} s")
+    assert proc.returncode == 0, f"{what} failed ({proc.returncode}):\n{out[-3000:]}"
+    return out
+
+
+def _tensors(obj, prefix=""):
+    """Every tensor in a (nested) checkpoint, by path: weights, optimizer moments, pool, rng."""
+    if isinstance(obj, torch.Tensor):
+        yield prefix, obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _tensors(v, f"{prefix}.{k}")
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _tensors(v, f"{prefix}[{i}]")
+
+
+@pytest.mark.slow
+def test_cli_kill_9_then_resume_is_bit_exact(tmp_path):
+    """`neurmap train CFG`, SIGKILL once a checkpoint exists, `neurmap train --resume RUN_DIR` (as the README
+    says): the final weights and the whole last checkpoint equal those of a run that never stopped."""
+    from safetensors.torch import load_file
+
+    cfg = _tiny_cli_run_folder(tmp_path)
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    _finish(_cli_train(str(cfg), f"output_dir={full}"), "the uninterrupted run")
+    proc = _cli_train(str(cfg), f"output_dir={killed}")
+    deadline = time.monotonic() + 300
+    while not list(killed.glob("ckpt_*.pt")):
+        assert proc.poll() is None, f"training ended before its first checkpoint:\n{proc.communicate()[0][-3000:]}"
+        assert time.monotonic() < deadline, "no checkpoint within 300 s"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)                     # kill -9, mid-run
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)               # nothing of ours left behind (data workers)
+    except ProcessLookupError:
+        pass
+    assert not (killed / "final.safetensors").exists(), "the run finished before it was killed: nothing was tested"
+    stopped_at = max(int(p.stem.split("_")[1]) for p in killed.glob("ckpt_*.pt"))
+    assert stopped_at == 2
+    out = _finish(_cli_train("--resume", str(killed)), "the resumed run")
+    assert "run directory" in out
+    a, b = load_file(str(full / "final.safetensors")), load_file(str(killed / "final.safetensors"))
+    assert a.keys() == b.keys() and len(a) > 100
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
+    ca = dict(_tensors(torch.load(full / "ckpt_0000004.pt", map_location="cpu", weights_only=True)))
+    cb = dict(_tensors(torch.load(killed / "ckpt_0000004.pt", map_location="cpu", weights_only=True)))
+    assert ca.keys() == cb.keys() and any(k.startswith(".opt_G") for k in ca)
+    assert all(torch.equal(ca[k], cb[k]) for k in ca), [k for k in ca if not torch.equal(ca[k], cb[k])][:5]
