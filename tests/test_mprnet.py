@@ -57,9 +57,20 @@ def test_state_dict_matches_official(net):
     assert mine == ref
 
 
-def test_official_state_dict_loads(net):
+def test_official_state_dict_loads():
+    """A state dict in the official layout (names and shapes from the reference list, seeded values) loads
+    strictly, and every official tensor lands where its name says."""
+    g = torch.Generator().manual_seed(1)
+    official = {k: torch.randn(shape, generator=g) for k, shape in reference_keys()}
+    prelu = [k for k, v in official.items() if k.endswith("body.1.weight") and v.shape == (1,)]
+    assert len(prelu) == 55                    # the one PReLU all CABs share: one value under 55 names
+    for k in prelu:
+        official[k] = torch.tensor([0.3])
     fresh = MPRNet()
-    fresh.load_state_dict(net.state_dict(), strict=True)
+    fresh.load_state_dict(official, strict=True)
+    got = fresh.state_dict()
+    assert got.keys() == official.keys()
+    assert all(torch.equal(got[k], v) for k, v in official.items())
 
 
 def test_output_shape(net):
