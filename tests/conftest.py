@@ -23,3 +23,13 @@ def shared_path(*parts: str) -> Path:
 @pytest.fixture
 def shared_data() -> Path:
     return shared_path()
+
+
+def pytest_collection_modifyitems(config, items):
+    """An unregistered marker is an error: a misspelt or unregistered mark silently does nothing."""
+    known = {line.split(":")[0].split("(")[0].strip() for line in config.getini("markers")}
+    for item in items:
+        for mark in item.iter_markers():
+            if mark.name not in known:
+                raise pytest.UsageError(f"{item.nodeid}: marker {mark.name!r} is not registered; add it to "
+                                        "[tool.pytest.ini_options] markers in pyproject.toml")
