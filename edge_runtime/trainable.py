@@ -1,0 +1,79 @@
+"""The parameter set an adaptation round may change: LoRA adapters, biases, the last N convolutions, or all.
+
+One place decides which state_dict keys can move, so the guard's rollback and the hot swap know what to patch.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .adapt_config import AdaptConfig
+from .lora import LoRAConvs, conv_modules
+
+
+def execution_order(net: nn.Module, sample: torch.Tensor) -> list[str]:
+    """Names of the convolutions in the order a forward runs them (first call of each)."""
+    order: list[str] = []
+    hooks = []
+    for name, m in conv_modules(net):
+        hooks.append(m.register_forward_hook(lambda mod, i, o, n=name: order.append(n) if n not in order else None))
+    try:
+        with torch.no_grad():
+            net(sample)
+    finally:
+        for h in hooks:
+            h.remove()
+    return order
+
+
+class TrainableSet:
+    """The parameters an adaptation round may change, set up on ``model`` (a DeblurModel)."""
+
+    def __init__(self, model: nn.Module, cfg: AdaptConfig) -> None:
+        net = model.net if hasattr(model, "net") else model
+        self.net = net
+        self.lora: Optional[LoRAConvs] = None
+        self.params: list[nn.Parameter] = []
+        self.names: set[str] = set()            # state_dict keys that may change
+        named = dict(net.named_parameters())
+        for part in cfg.parts():
+            if part == "all":
+                self.names |= set(named)
+            elif part == "bias":
+                self.names |= {n for n in named if n.endswith(".bias")}
+            elif part == "last":
+                m = int(getattr(model, "pad_multiple", 8))
+                sample = torch.zeros(1, 3, 4 * m, 4 * m, device=next(net.parameters()).device)
+                order = execution_order(net, sample)
+                for conv in order[-max(1, cfg.last_layers):]:
+                    self.names |= {n for n in named if n.startswith(conv + ".")}
+            elif part == "lora":
+                self.lora = LoRAConvs(net, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets, cfg.seed)
+        for p in net.parameters():
+            p.requires_grad_(False)
+        for n in sorted(self.names):
+            named[n].requires_grad_(True)
+            self.params.append(named[n])
+        if self.lora is not None:
+            self.params += self.lora.parameters()
+            self.names |= self.lora.weight_names()
+
+    def numel(self) -> int:
+        return sum(p.numel() for p in self.params)
+
+    def finish(self) -> None:
+        """Merge adapters into the weights and make every parameter frozen again."""
+        self._end(merge=True)
+
+    def discard(self) -> None:
+        """Drop the adapters (weights as before them) and freeze every parameter again."""
+        self._end(merge=False)
+
+    def _end(self, merge: bool) -> None:
+        if self.lora is not None:
+            self.lora.merge() if merge else self.lora.remove()
+            self.lora = None
+        for p in self.net.parameters():
+            p.requires_grad_(False)
