@@ -1,0 +1,138 @@
+"""Training data: one source per config spec (paired, GoPro-240 synthesis, photos, folders, kernel blur) and
+batches drawn as a pure function of (seed, iteration, rank), so a resumed run sees the stream it left.
+
+Split from :mod:`.train` (the loop) so the data choices read in one place; ``train`` re-exports these names.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch.utils.data import ConcatDataset, Dataset
+
+from . import data as D
+from .errors import NeurmapError
+
+if TYPE_CHECKING:
+    from .train import TrainConfig
+
+
+def build_source(spec: Any, crop: int, role: str) -> Dataset:
+    """One data source from its config spec; a list of specs is concatenated.
+
+    Spec forms: a path (a ``blur``/``sharp`` tree → paired, else an image folder or video), or a dict with
+    ``type``: ``paired`` | ``gopro240`` (GoPro-protocol synthesis from 240 fps frames) | ``photos``
+    (camera shake / kernel blur over sharp photos, :class:`PhotoPairs`) | ``folder`` (images or a video) |
+    ``kernel`` (kernel-synthesized blur of sharp frames), plus ``path`` and options (``frame_range``,
+    ``n_frames``, ``max_px``, ``split``, ``blur``, ...). A list mixes sources: with a ``weight`` on each,
+    drawn in those ratios (:class:`WeightedMix`); without, concatenated.
+    """
+    if isinstance(spec, list):
+        weights = [s.get("weight") if isinstance(s, dict) else None for s in spec]
+        if any(w is not None for w in weights):      # ratios: every source needs one
+            if any(w is None for w in weights):
+                raise NeurmapError(f"data.{role}: give every source a weight, or none (then they are concatenated)")
+            parts = [build_source({k: v for k, v in s.items() if k != "weight"}, crop, role) for s in spec]
+            return D.WeightedMix(parts, weights)
+        return ConcatDataset([build_source(s, crop, role) for s in spec])
+    if isinstance(spec, (str, Path)):
+        p = Path(spec)
+        kind = "paired" if role == "paired" else "folder"
+        spec = {"type": kind, "path": str(p)}
+    spec = dict(spec)
+    kind, path = spec.pop("type", "folder"), spec.pop("path", None)
+    if path is None or not Path(path).exists():
+        raise NeurmapError(f"data source {path!r} for {role} does not exist; fix data.{role} in the config")
+    size = (crop, crop)
+    if kind == "paired":
+        return D.PairedFolder(path, crop_size=size, flip=True, **spec)
+    if kind == "gopro240":
+        if "frame_range" in spec:
+            spec["frame_range"] = tuple(spec["frame_range"])
+        if "n_frames" in spec and isinstance(spec["n_frames"], list):
+            spec["n_frames"] = tuple(spec["n_frames"])
+        return D.SynthesizedGoPro(path, crop_size=size, flip=True, **spec)
+    if kind == "folder":
+        rng = spec.pop("frame_range", None)
+        ds = D.UnpairedFolder(path, crop_size=size, flip=True, **spec)
+        return torch.utils.data.Subset(ds, range(*rng)) if rng else ds
+    if kind == "photos":
+        for key in ("exposure", "scale"):
+            if isinstance(spec.get(key), list):
+                spec[key] = tuple(spec[key])
+        return D.PhotoPairs(path, crop_size=crop, **spec)
+    if kind == "kernel":
+        rng = spec.pop("frame_range", None)
+        source = D.frame_source(path)
+        if rng:
+            source = torch.utils.data.Subset(source, range(*rng))  # lazy: frames read when drawn
+        return D.KernelBlurred(source, crop_size=size, flip=True, **spec)
+    raise NeurmapError(f"unknown data type {kind!r} for {role}; use paired, gopro240, photos, folder or kernel")
+
+
+def _image(sample: dict, role: str) -> torch.Tensor:
+    keys = {"blurry": ("blurry", "image"), "sharp": ("sharp", "image")}[role]
+    for k in keys:
+        if k in sample:
+            return sample[k]
+    raise NeurmapError(f"a {role} source yielded keys {sorted(sample)}; expected one of {keys}")
+
+
+def _seed_epoch(ds: Dataset, value: int) -> None:
+    """Make the random crop/flip/blur of each item a function of the iteration (exact resume)."""
+    if hasattr(ds, "set_epoch"):
+        if getattr(ds, "seed", None) is None:
+            ds.seed = 0
+        ds.set_epoch(value)
+    for child in getattr(ds, "datasets", []) + ([ds.dataset] if hasattr(ds, "dataset") else []):
+        _seed_epoch(child, value)
+
+
+class BatchSampler:
+    """Batches as a pure function of (seed, iteration, rank): restarting at iteration t resumes the stream."""
+
+    def __init__(self, cfg: TrainConfig, rank: int = 0, world: int = 1) -> None:
+        d = cfg.data
+        roles = ("paired",) if cfg.paired_only else ("paired", "unpaired_blurry", "unpaired_sharp")
+        for key in roles:
+            if key not in d:
+                raise NeurmapError(f"config data.{key} is missing; a NeurMAP run needs paired, unpaired_blurry "
+                                   "and unpaired_sharp sources (paired_only: true needs only paired)")
+        self.sources = {key: build_source(d[key], cfg.crop, key) for key in roles}
+        for name, ds in self.sources.items():
+            if len(ds) == 0:
+                raise NeurmapError(f"data.{name} holds no images")
+        self.cfg, self.rank, self.world = cfg, rank, world
+
+    def _draw(self, ds: Dataset, n: int, g: torch.Generator, it: int) -> list[dict]:
+        idx = torch.randint(0, len(ds), (n * self.world,), generator=g)[self.rank * n:(self.rank + 1) * n]
+        _seed_epoch(ds, self.cfg.seed * 1_000_003 + it)
+        return [ds[int(i)] for i in idx]
+
+    def batch(self, it: int) -> tuple[torch.Tensor, ...]:
+        g = torch.Generator().manual_seed(self.cfg.seed * 7_919 + it)
+        p = self._draw(self.sources["paired"], self.cfg.batch_paired, g, it)
+        paired = (torch.stack([x["blurry"] for x in p]), torch.stack([x["sharp"] for x in p]))
+        if self.cfg.paired_only:
+            return paired
+        u = self._draw(self.sources["unpaired_blurry"], self.cfg.batch_unpaired, g, it)
+        s = self._draw(self.sources["unpaired_sharp"], self.cfg.batch_unpaired, g, it)
+        return paired + (torch.stack([_image(x, "blurry") for x in u]), torch.stack([_image(x, "sharp") for x in s]))
+
+
+class _Batches(Dataset):
+    """Batch ``it`` = ``sampler.batch(start + it)``: lets DataLoader workers synthesize ahead, in order."""
+
+    def __init__(self, sampler: BatchSampler, start: int, stop: int) -> None:
+        self.sampler, self.start, self.stop = sampler, start, stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
+        return self.sampler.batch(self.start + i)
+
+
+def _one_thread(_: int) -> None:
+    torch.set_num_threads(1)   # synthesis workers must not compete with the training threads
