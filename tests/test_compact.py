@@ -76,7 +76,7 @@ def test_default_is_shipped_and_small():
     assert meta["architecture"] == "compact"
     assert meta["input_range"] == "0,1"
     prov = meta["provenance"]
-    assert prov["trained_by"] == "scripts/train_default.py"
+    assert prov["trained_by"] == "neurmap train" and prov["config"]["backbone"] == "compact_rep"   # configs/default.yaml
     assert meta.get("motion_architecture") == "motion"      # G + the NeurMAP motion net, nothing else
 
 

@@ -64,7 +64,7 @@ def test_demo_int8_uses_the_shipped_recipe_and_keys_the_cache_on_calibration_fra
     assert md["neurmap.quant.method"] == "percentile"
     convs = set(quantizable_nodes(next(tmp_path.glob("*_fp32.onnx"))))
     kept = [n for n in _json.loads(md["neurmap.quant.excluded"]) if n in convs]
-    assert len(convs) > 12 and len(kept) == 12
+    assert len(convs) > 12 and 1 <= len(kept) <= 12       # auto: the most sensitive convs, up to the budget of 12
     assert any("recipe" in n for n in r.notes)
     stamp = int8[0].stat().st_mtime_ns
     prepare_runner(model, meta, 48, 64, a.copy(), backend="ort-int8", cache=tmp_path)     # same frames: cached
