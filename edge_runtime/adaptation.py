@@ -51,7 +51,7 @@ from .adapt_buffer import FrameBuffer, _to_uint8_chw, fixed_crops, random_crops 
 from .adapt_config import PARAM_SETS, AdaptConfig, default_lr, pick_device  # noqa: F401
 from .adapt_losses import _motion, adaptation_terms, estimate_mu_sharp, resolve_mu, weighted  # noqa: F401
 from .guard import Score, probe_pairs, probe_psnr, score  # noqa: F401
-from .lora import _LoRA, LoRAConvs, _effective_weight, _lora_forward, conv_modules  # noqa: F401
+from .lora import _LoRA, LoRAConvs, conv_modules  # noqa: F401
 from .trainable import TrainableSet, execution_order  # noqa: F401
 
 

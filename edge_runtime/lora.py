@@ -1,18 +1,17 @@
 """Low-rank adapters (LoRA) on the convolutions of a network, merged back into the conv weights at the end.
 
-The state_dict keys never change, so a merged network exports to the same graph with the same initializer
-names (what the hot swap patches).
+Once merged (or removed) the state_dict keys are the ones before, so a merged network exports to the same graph
+with the same initializer names (what the hot swap patches).
 """
 from __future__ import annotations
 
 import math
 import re
-from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 
 from neurmap.core.errors import NeurmapError
 
@@ -22,7 +21,10 @@ def conv_modules(net: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 class _LoRA(nn.Module):
-    """delta W = (alpha/r) · (B @ A) reshaped to the conv weight; B starts at zero (no change at step 0)."""
+    """delta W = (alpha/r) · (B @ A) reshaped to the conv weight; B starts at zero (no change at step 0).
+
+    Registered as a ``torch.nn.utils.parametrize`` parametrization of the conv's ``weight``: the conv's own
+    forward then computes with ``W + ΔW`` (no replaced forward, no private conv methods)."""
 
     def __init__(self, weight: torch.Tensor, rank: int, alpha: float, g: torch.Generator) -> None:
         super().__init__()
@@ -37,31 +39,17 @@ class _LoRA(nn.Module):
     def delta(self) -> torch.Tensor:
         return (self.B @ self.A).view(self.shape) * self.scale
 
-
-def _effective_weight(conv: nn.Module, lora: _LoRA) -> torch.Tensor:
-    # the one expression both the adapter form and merge() use: identical bits either way
-    return conv.weight + lora.delta()
-
-
-def _lora_forward(conv: nn.Module, lora: _LoRA) -> Callable:
-    if isinstance(conv, nn.Conv2d):
-        def fwd(x: torch.Tensor) -> torch.Tensor:
-            return conv._conv_forward(x, _effective_weight(conv, lora), conv.bias)
-    else:
-        def fwd(x: torch.Tensor, output_size=None) -> torch.Tensor:
-            op = conv._output_padding(x, output_size, list(conv.stride), list(conv.padding),
-                                      list(conv.kernel_size), 2, list(conv.dilation))
-            return F.conv_transpose2d(x, _effective_weight(conv, lora), conv.bias, conv.stride, conv.padding,
-                                      op, conv.groups, conv.dilation)
-    return fwd
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        # the one expression both the adapter form and merge() use: identical bits either way
+        return weight + self.delta()
 
 
 class LoRAConvs:
-    """Low-rank adapters on convolutions of ``net`` (its state_dict keys never change).
+    """Low-rank adapters on convolutions of ``net`` (its state_dict keys never change once detached).
 
-    While attached, each targeted conv computes with ``W + ΔW``; :meth:`merge` writes ``W + ΔW`` into the
-    conv weights and detaches, so the network is plain again (same graph, same names, bit-identical
-    outputs to the adapter form); :meth:`remove` detaches without merging.
+    While attached, each targeted conv's ``weight`` is parametrized as ``W + ΔW``; :meth:`merge` writes
+    ``W + ΔW`` into the conv weights and detaches, so the network is plain again (same graph, same names,
+    bit-identical outputs to the adapter form); :meth:`remove` detaches without merging.
     """
 
     def __init__(self, net: nn.Module, rank: int = 4, alpha: float = 4.0, targets: str = "",
@@ -69,11 +57,14 @@ class LoRAConvs:
         g = torch.Generator().manual_seed(seed)
         pat = re.compile(targets) if targets else None
         self.adapters: dict[str, tuple[nn.Module, _LoRA]] = {}
+        self._after: dict[str, list[str]] = {}      # parameters registered after "weight": re-added after it
         for name, m in conv_modules(net):
             if pat is not None and not pat.search(name):
                 continue
             lora = _LoRA(m.weight.detach(), rank, alpha, g)
-            m.forward = _lora_forward(m, lora)      # instance attribute shadows the class forward
+            names = [n for n, _ in m.named_parameters(recurse=False)]
+            self._after[name] = names[names.index("weight") + 1:]
+            parametrize.register_parametrization(m, "weight", lora)
             self.adapters[name] = (m, lora)
         if not self.adapters:
             raise NeurmapError(f"LoRA targets {targets!r} match no convolution of this network")
@@ -89,13 +80,22 @@ class LoRAConvs:
 
     @torch.no_grad()
     def merge(self) -> None:
-        for m, lora in self.adapters.values():
-            w = _effective_weight(m, lora)
-            m.weight.copy_(w)
-        self.remove()
+        for name, (m, _) in self.adapters.items():
+            w = m.weight                    # W + ΔW, computed by the parametrization
+            self._detach(name, m)
+            m.weight.copy_(w)               # into the original Parameter: same object, same storage and strides
+        self.adapters = {}
 
     def remove(self) -> None:
-        for m, _ in self.adapters.values():
-            if "forward" in m.__dict__:
-                del m.forward
+        for name, (m, _) in self.adapters.items():
+            self._detach(name, m)
         self.adapters = {}
+
+    def _detach(self, name: str, m: nn.Module) -> None:
+        """The original ``weight`` back in place, in its original position (state_dict key order unchanged)."""
+        if parametrize.is_parametrized(m, "weight"):
+            parametrize.remove_parametrizations(m, "weight", leave_parametrized=False)
+            for n in self._after.get(name, []):
+                p = getattr(m, n)
+                delattr(m, n)
+                m.register_parameter(n, p)

@@ -57,6 +57,8 @@ class TrainableSet:
             named[n].requires_grad_(True)
             self.params.append(named[n])
         if self.lora is not None:
+            for p in self.lora.parameters():    # registered in net as parametrizations: thawed again here
+                p.requires_grad_(True)
             self.params += self.lora.parameters()
             self.names |= self.lora.weight_names()
 
