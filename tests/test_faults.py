@@ -229,7 +229,7 @@ def test_adapt_setup_failure_releases_the_stream(video, engine, tmp_path):
     server = MjpegServer(video, [(5, "hold")])
     try:
         from neurmap.cli import app
-        r = CliRunner().invoke(app, ["run", server.url, "-e", str(engine), "--adapt", "--adapt-opts", "bogus=1"])
+        r = CliRunner().invoke(app, ["run", server.url, "-e", str(engine), "--read-timeout", "1", "--adapt", "--adapt-opts", "bogus=1"])
         assert r.exit_code != 0 and "bogus" in str(r.exception)
         # r still holds the traceback (and with it the pipeline): the connection must be closed anyway
         assert server.client_gone.wait(10), "the stream was left open after --adapt setup failed"
