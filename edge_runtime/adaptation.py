@@ -52,7 +52,7 @@ from .adapt_config import PARAM_SETS, AdaptConfig, default_lr, pick_device  # no
 from .adapt_losses import _motion, adaptation_terms, estimate_mu_sharp, resolve_mu, weighted  # noqa: F401
 from .guard import Score, probe_pairs, probe_psnr, score  # noqa: F401
 from .lora import _LoRA, LoRAConvs, conv_modules  # noqa: F401
-from .trainable import TrainableSet, execution_order  # noqa: F401
+from .trainable import TrainableSet, apply_step, execution_order  # noqa: F401
 
 
 # ------------------------------------------------------------------------------------------------ adapter
@@ -159,14 +159,9 @@ class Adapter:
                 x = random_crops(train_frames, cfg.batch, cfg.crop, self.step_g).to(dev)
                 terms = adaptation_terms(self.G, self.M, x, mu, with_tv=bool(cfg.w_tv))
                 loss = weighted(terms, cfg)
-                if not torch.isfinite(loss):
+                if not apply_step(opt, loss, ts.params, cfg.grad_clip):
                     reason = f"non-finite loss at step {i + 1}"
                     break
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip:
-                    nn.utils.clip_grad_norm_(ts.params, cfg.grad_clip)
-                opt.step()
                 step_times.append(time.perf_counter() - t0)
                 done += 1
                 losses.append(float(loss.detach()))

@@ -33,6 +33,7 @@ from neurmap.core.flow_motion import FlowEstimator, velocity_to_motion
 
 from .adaptation import (AdaptConfig, RoundResult, Score, TrainableSet, _to_uint8_chw, pick_device, probe_pairs,
                          probe_psnr)
+from .trainable import apply_step
 
 #: the stream path's defaults (the issue's check: 20 plain Adam steps, all weights at 5e-5, 96² crops)
 STREAM_DEFAULTS = {"params": "all", "lr": 5e-5, "w_sharp": 0.0, "niqe_guard": True, "min_blur_px": 0.5}
@@ -222,14 +223,9 @@ class StreamAdapter:
                 t0 = time.perf_counter()
                 x, m = crops_with_motion(train, cfg.batch, cfg.crop, self.step_g)
                 loss = cfg.w_reblur * stream_loss(self.G, x.to(dev), m.to(dev))[0]
-                if not torch.isfinite(loss):
+                if not apply_step(opt, loss, ts.params, cfg.grad_clip):
                     reason = f"non-finite loss at step {i + 1}"
                     break
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip:
-                    nn.utils.clip_grad_norm_(ts.params, cfg.grad_clip)
-                opt.step()
                 times.append(time.perf_counter() - t0)
                 done += 1
                 losses.append(float(loss.detach()))

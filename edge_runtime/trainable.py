@@ -79,3 +79,16 @@ class TrainableSet:
             self.lora = None
         for p in self.net.parameters():
             p.requires_grad_(False)
+
+
+def apply_step(opt: torch.optim.Optimizer, loss: torch.Tensor, params, grad_clip: Optional[float]) -> bool:
+    """One optimiser step on ``loss`` (gradient norm clipped to ``grad_clip``); False, and nothing applied,
+    when the loss is not finite — both adaptation paths stop their round there."""
+    if not torch.isfinite(loss):
+        return False
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        nn.utils.clip_grad_norm_(params, grad_clip)
+    opt.step()
+    return True

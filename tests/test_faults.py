@@ -227,13 +227,21 @@ def test_stream_that_never_returns_ends_cleanly_within_the_timeout(video, engine
 
 def test_adapt_setup_failure_releases_the_stream(video, engine, tmp_path):
     server = MjpegServer(video, [(5, "hold")])
+    # in a fresh interpreter that stays alive holding the result (its traceback, and with it the pipeline):
+    # only Pipeline.close can end the connection then (in the suite's own process, state left by earlier tests
+    # kept it open — the run is isolated so this checks the product, not the test order)
+    script = ("import sys, time\nfrom typer.testing import CliRunner\nfrom neurmap.cli import app\n"
+              "r = CliRunner().invoke(app, ['run', sys.argv[1], '-e', sys.argv[2], '--read-timeout', '1', "
+              "'--adapt', '--adapt-opts', 'bogus=1'])\n"
+              "print('EXIT', r.exit_code, 'bogus' in str(r.exception), flush=True)\ntime.sleep(120)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script, server.url, str(engine)], stdout=subprocess.PIPE,
+                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
-        from neurmap.cli import app
-        r = CliRunner().invoke(app, ["run", server.url, "-e", str(engine), "--read-timeout", "1", "--adapt", "--adapt-opts", "bogus=1"])
-        assert r.exit_code != 0 and "bogus" in str(r.exception)
-        # r still holds the traceback (and with it the pipeline): the connection must be closed anyway
+        line = proc.stdout.readline().split()
+        assert line[:1] == ["EXIT"] and line[1] != "0" and line[2] == "True", line
         assert server.client_gone.wait(10), "the stream was left open after --adapt setup failed"
     finally:
+        proc.kill()
         server.close()
 
 
