@@ -52,7 +52,7 @@ from .adapt_config import PARAM_SETS, AdaptConfig, default_lr, pick_device  # no
 from .adapt_losses import _motion, adaptation_terms, estimate_mu_sharp, resolve_mu, weighted  # noqa: F401
 from .guard import Score, probe_pairs, probe_psnr, score  # noqa: F401
 from .lora import _LoRA, LoRAConvs, conv_modules  # noqa: F401
-from .trainable import TrainableSet, apply_step, execution_order  # noqa: F401
+from .trainable import TrainableSet, apply_step, execution_order, run_steps  # noqa: F401
 
 
 # ------------------------------------------------------------------------------------------------ adapter
@@ -146,29 +146,14 @@ class Adapter:
         ts = TrainableSet(self.G, cfg)
         self.last_trainable = set(ts.names)
         opt = torch.optim.Adam(ts.params, lr=cfg.lr, betas=(0.9, 0.999))
-        losses: list[float] = []
-        step_times: list[float] = []
-        reason = ""
-        done = 0
+
+        def loss_fn() -> torch.Tensor:
+            x = random_crops(train_frames, cfg.batch, cfg.crop, self.step_g).to(dev)
+            return weighted(adaptation_terms(self.G, self.M, x, mu, with_tv=bool(cfg.w_tv)), cfg)
+
         try:
-            for i in range(steps):
-                if self.stop_flag.is_set():
-                    reason = "stopped"
-                    break
-                t0 = time.perf_counter()
-                x = random_crops(train_frames, cfg.batch, cfg.crop, self.step_g).to(dev)
-                terms = adaptation_terms(self.G, self.M, x, mu, with_tv=bool(cfg.w_tv))
-                loss = weighted(terms, cfg)
-                if not apply_step(opt, loss, ts.params, cfg.grad_clip):
-                    reason = f"non-finite loss at step {i + 1}"
-                    break
-                step_times.append(time.perf_counter() - t0)
-                done += 1
-                losses.append(float(loss.detach()))
-                if on_step is not None:
-                    on_step(i + 1, losses[-1])
-                if pause is not None:
-                    pause(time.perf_counter() - t0)
+            losses, step_times, done, reason = run_steps(steps, loss_fn, opt, ts.params, cfg.grad_clip,
+                                                         self.stop_flag, on_step, pause)
         except BaseException:
             ts.discard()
             self.restore(original)

@@ -33,7 +33,7 @@ from neurmap.core.flow_motion import FlowEstimator, velocity_to_motion
 
 from .adaptation import (AdaptConfig, RoundResult, Score, TrainableSet, _to_uint8_chw, pick_device, probe_pairs,
                          probe_psnr)
-from .trainable import apply_step
+from .trainable import run_steps
 
 #: the stream path's defaults (the issue's check: 20 plain Adam steps, all weights at 5e-5, 96² crops)
 STREAM_DEFAULTS = {"params": "all", "lr": 5e-5, "w_sharp": 0.0, "niqe_guard": True, "min_blur_px": 0.5}
@@ -212,27 +212,14 @@ class StreamAdapter:
         original = self.state()
         ts = TrainableSet(self.G, cfg)
         opt = torch.optim.Adam(ts.params, lr=cfg.lr)
-        losses: list[float] = []
-        times: list[float] = []
-        reason, done = "", 0
+
+        def loss_fn() -> torch.Tensor:
+            x, m = crops_with_motion(train, cfg.batch, cfg.crop, self.step_g)
+            return cfg.w_reblur * stream_loss(self.G, x.to(dev), m.to(dev))[0]
+
         try:
-            for i in range(steps):
-                if self.stop_flag.is_set():
-                    reason = "stopped"
-                    break
-                t0 = time.perf_counter()
-                x, m = crops_with_motion(train, cfg.batch, cfg.crop, self.step_g)
-                loss = cfg.w_reblur * stream_loss(self.G, x.to(dev), m.to(dev))[0]
-                if not apply_step(opt, loss, ts.params, cfg.grad_clip):
-                    reason = f"non-finite loss at step {i + 1}"
-                    break
-                times.append(time.perf_counter() - t0)
-                done += 1
-                losses.append(float(loss.detach()))
-                if on_step is not None:
-                    on_step(i + 1, losses[-1])
-                if pause is not None:
-                    pause(times[-1])
+            losses, times, done, reason = run_steps(steps, loss_fn, opt, ts.params, cfg.grad_clip, self.stop_flag,
+                                                    on_step, pause)
         except BaseException:
             ts.discard()
             self.restore(original)

@@ -4,6 +4,7 @@ One place decides which state_dict keys can move, so the guard's rollback and th
 """
 from __future__ import annotations
 
+import time
 from typing import Optional
 
 import torch
@@ -92,3 +93,26 @@ def apply_step(opt: torch.optim.Optimizer, loss: torch.Tensor, params, grad_clip
         nn.utils.clip_grad_norm_(params, grad_clip)
     opt.step()
     return True
+
+
+def run_steps(steps: int, loss_fn, opt: torch.optim.Optimizer, params, grad_clip: Optional[float], stop_flag,
+              on_step=None, pause=None) -> tuple[list[float], list[float], int, str]:
+    """A round's optimiser loop, shared by the single-image and stream paths: ``loss_fn()`` per step, stop on
+    ``stop_flag`` or a non-finite loss. Returns (losses, step seconds, steps done, reason — "" when complete);
+    the caller rolls back on a reason or an exception."""
+    losses: list[float] = []
+    times: list[float] = []
+    for i in range(steps):
+        if stop_flag.is_set():
+            return losses, times, i, "stopped"
+        t0 = time.perf_counter()
+        loss = loss_fn()
+        if not apply_step(opt, loss, params, grad_clip):
+            return losses, times, i, f"non-finite loss at step {i + 1}"
+        times.append(time.perf_counter() - t0)
+        losses.append(float(loss.detach()))
+        if on_step is not None:
+            on_step(i + 1, losses[-1])
+        if pause is not None:
+            pause(times[-1])
+    return losses, times, steps, ""
