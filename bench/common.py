@@ -5,6 +5,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import time
 from pathlib import Path
 from typing import Callable
@@ -25,6 +26,14 @@ def time_it(fn: Callable[[], object], repeat: int = 3, warmup: int = 1, budget_s
         if budget_s is not None and time.perf_counter() - start > budget_s:
             break
     return statistics.median(times)
+
+
+def uptime() -> str:
+    """``uptime``'s line (load averages): benches record it before and after, since this CPU is shared."""
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, timeout=5).stdout.strip()
+    except Exception:
+        return f"load average {os.getloadavg()}"
 
 
 def machine() -> dict:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,20 +26,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import RESULTS, report, time_it
+from common import RESULTS, report, time_it, uptime
 
 from default_quality import DATA, gopro_heldout, psnrs  # noqa: E402  (held-out pairs, PSNR)
 
 GOPRO_SEQ, TRAIN_FRAMES = "gopro240/GOPR0477_11_00", (0, 80)
 
 RESOLUTIONS = {"360p": (360, 640), "720p": (720, 1280)}
-
-
-def uptime() -> str:
-    try:
-        return subprocess.run(["uptime"], capture_output=True, text=True, timeout=5).stdout.strip()
-    except Exception:
-        return f"load average {os.getloadavg()}"
 
 
 def padded(h: int, w: int, mult: int) -> tuple[int, int]:

@@ -90,6 +90,7 @@ class Runner:
     infer: Callable[[np.ndarray], np.ndarray]   # (1,3,Hp,Wp) float32 -> same
     notes: list[str] = field(default_factory=list)
     prepare_s: float = 0.0
+    artifact: Optional[Path] = None          # the ONNX file an ORT runner runs
 
 
 def _psnr_np(a: np.ndarray, b: np.ndarray) -> float:
@@ -130,7 +131,7 @@ def _ort_runner(model, meta: dict, hp: int, wp: int, calib: np.ndarray, int8: bo
         return sess.run(None, {name: np.ascontiguousarray(x, dtype=np.float32)})[0]
 
     return Runner("onnxruntime-int8" if int8 else "onnxruntime-fp32", infer, notes=notes,
-                  prepare_s=time.perf_counter() - t0)
+                  prepare_s=time.perf_counter() - t0, artifact=path)
 
 
 def _frames_hash(frames: np.ndarray) -> str:
@@ -142,6 +143,13 @@ def _frames_hash(frames: np.ndarray) -> str:
     h = hashlib.sha256(f"{a.shape}{a.dtype}".encode())
     h.update(a.tobytes())
     return h.hexdigest()[:16]
+
+
+def calibration_frames(padded: torch.Tensor, n: int = 4) -> np.ndarray:
+    """The INT8 calibration frames of a padded clip: ``n`` evenly spaced frames (part of the INT8 cache key, so
+    bench/default_speed.py calls this to time exactly the engine the demo builds)."""
+    k = len(padded)
+    return padded[np.linspace(0, k - 1, min(k, n)).round().astype(int)].numpy()
 
 
 def _torch_runner(model) -> Runner:
@@ -292,7 +300,7 @@ def run_demo(input: Optional[str | Path] = None, out_dir: str | Path = "neurmap-
         mult = model.pad_multiple
         padded, _ = pad_to_multiple(blurry, mult)
         hp, wp = padded.shape[-2:]
-        calib = padded[np.linspace(0, n - 1, min(n, 4)).round().astype(int)].numpy()
+        calib = calibration_frames(padded)
         bar.update(task, info="preparing (first run exports / quantizes, then cached)")
         t0 = time.perf_counter()
         runner = prepare_runner(model, meta, hp, wp, calib, backend, threads)
