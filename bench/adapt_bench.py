@@ -39,6 +39,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from neurmap.core.losses import sign_invariant_l1  # noqa: F401  (one definition; experiments import it from here)
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 DEFAULT_OUT = ROOT / "runs" / "adapt" / "motion_kernel.safetensors"
@@ -109,11 +111,6 @@ def sample_batch(frames, n: int, crop: int, g: torch.Generator, max_px: float = 
     return torch.stack(bs), torch.stack(ss), torch.stack(ms)
 
 
-def sign_invariant_l1(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
-    """Per pixel min(|p - t|, |p + t|) summed over (dy, dx), in 20-px units; mean over pixels."""
-    a = (pred - truth).abs().sum(1)
-    b = (pred + truth).abs().sum(1)
-    return torch.minimum(a, b).mean()
 
 
 def train(out: Path = DEFAULT_OUT, seconds: float = 600.0, max_steps: int = 1200, crop: int = 64,

@@ -65,6 +65,14 @@ def never_blurrier_loss(m_deblurred: torch.Tensor, m_blurry: torch.Tensor) -> to
     return F.relu(m_deblurred.norm(dim=1) - m_blurry.norm(dim=1)).mean()
 
 
+# --- motion targets (issue #13): known blur of synthetic pairs, flow-derived blur of real video ----
+
+def sign_invariant_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per pixel min(|p − t|₁, |p + t|₁) over (dy, dx), mean over pixels: a symmetric blur has no direction
+    sign, so m and −m are one blur; unlike comparing vn(p) with vn(t) it does not jump where dx crosses 0."""
+    return torch.minimum((pred - target).abs().sum(1), (pred + target).abs().sum(1)).mean()
+
+
 # --- deblur-net prior ------------------------------------------------------------------------------
 
 def sharpness_prior_loss(m_deblurred: torch.Tensor, mu_sharp: torch.Tensor) -> torch.Tensor:

@@ -35,6 +35,9 @@ class LossWeights:
     M_never_blurrier: float = 1.0
     G_fft: float = 0.0           # ours: frequency L1 on the paired half (paired-only training)
     G_teacher: float = 0.0       # ours: L1 to a teacher net's output on the paired blurry inputs
+    # ours (issue #13), in M's step beside SPEC's terms; 0 = SPEC's step unchanged:
+    M_supervised: float = 0.0    # sign-invariant L1(M(B_P), known motion) on pairs that carry one (photos, gopro240)
+    M_video: float = 0.0         # sign-invariant L1(M(B_U), flow-derived blur) on unpaired blurry video (video_flow)
 
     @classmethod
     def real_blur(cls) -> "LossWeights":
@@ -122,11 +125,14 @@ class NeurMAPStep:
 
     def __call__(self, paired_blurry: torch.Tensor, paired_sharp: torch.Tensor,
                  unpaired_blurry: torch.Tensor, unpaired_sharp: torch.Tensor,
-                 update_G: bool = True) -> dict[str, torch.Tensor]:
+                 update_G: bool = True, paired_motion: torch.Tensor | None = None,
+                 unpaired_motion: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """One iteration on a paired half (B_P, S_P) and an unpaired half (B_U, independent sharp S_U).
 
         ``update_G=False`` runs only the motion-net and discriminator steps (G frozen): the warm-up that
         lets a fresh M and D learn from the starting G before their gradients reach it.
+        ``paired_motion`` (known blur of B_P) and ``unpaired_motion`` (flow-derived blur of B_U) feed the
+        optional ``M_supervised`` / ``M_video`` terms; they are read only when their weight is > 0.
         """
         n_p = paired_blurry.shape[0]
         blurry = torch.cat((paired_blurry, unpaired_blurry))
@@ -152,6 +158,11 @@ class NeurMAPStep:
         out["M_never_blurrier"] = L.never_blurrier_loss(m_f, m_b)
         loss_M = sum(getattr(self.w, k) * out[k] for k in
                      ("M_reblur", "M_tv", "M_sharp", "M_blur", "M_f_sharp", "M_never_blurrier"))
+        for key, target, rows in (("M_supervised", paired_motion, slice(0, n_p)),
+                                  ("M_video", unpaired_motion, slice(n_p, n))):
+            if getattr(self.w, key):
+                out[key] = L.sign_invariant_l1(m_b[rows], self._target(key, target))
+                loss_M = loss_M + getattr(self.w, key) * out[key]
         out["M_total"] = loss_M
         self._check_finite(out, "motion net")
         self._update(loss_M, self.opt_M, self.M, clip=True)
@@ -214,6 +225,36 @@ class NeurMAPStep:
         if self.scaler is not None:
             self.scaler.update()
         return {k: v.detach() for k, v in out.items()}
+
+    def motion_only(self, paired_blurry: torch.Tensor, paired_sharp: torch.Tensor, paired_motion: torch.Tensor,
+                    unpaired_blurry: torch.Tensor | None = None,
+                    unpaired_motion: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Motion-net-only training (``TrainConfig.motion_only``): M learns to read blur from targets, G and D
+        untouched. ``M_supervised`` against the known motion of the pairs, SPEC's ``M_sharp`` on their sharp
+        halves, ``M_video`` against the flow-derived blur of unpaired blurry video (when given); one M call."""
+        n_p = paired_blurry.shape[0]
+        parts = [paired_blurry, paired_sharp] + ([unpaired_blurry] if unpaired_blurry is not None else [])
+        with self.autocast():
+            m = self._motion(torch.cat(parts))
+        out = {"M_supervised": L.sign_invariant_l1(m[:n_p], paired_motion.float()),
+               "M_sharp": L.sharp_zero_motion_loss(m[n_p:2 * n_p])}
+        if unpaired_blurry is not None:
+            out["M_video"] = L.sign_invariant_l1(m[2 * n_p:], self._target("M_video", unpaired_motion))
+        out["M_total"] = sum(getattr(self.w, k) * v for k, v in out.items())
+        self._check_finite(out, "motion net")
+        self._update(out["M_total"], self.opt_M, self.M, clip=True)
+        if self.scaler is not None:
+            self.scaler.update()
+        return {k: v.detach() for k, v in out.items()}
+
+    @staticmethod
+    def _target(key: str, target: torch.Tensor | None) -> torch.Tensor:
+        if target is None:
+            raise ConfigError(f"loss_weights.{key} > 0 needs its motion target: give "
+                              + ("paired sources that carry motion (photos / gopro240 with motion: true, kernel)"
+                                 if key == "M_supervised" else "an unpaired_blurry video_flow source")
+                              + f", or set {key}: 0")
+        return target.float()
 
     @staticmethod
     def _check_finite(values: dict[str, torch.Tensor], who: str) -> None:

@@ -62,10 +62,11 @@ class TrainConfig:
     channels_last: bool = True              # measured 1.2x per iteration on CPU (bench/train_step.py)
     tensorboard: bool = True
     paired_only: bool = False                # baseline: content loss on the paired data only
-    lr_schedule: str = "linear"              # G's lr: linear decay to 0, or cosine to lr_G * lr_min_ratio
-    lr_warmup: int = 0                       # G iterations of linear lr warm-up from 0
-    lr_min_ratio: float = 0.0                # cosine floor, as a fraction of lr_G
-    ema_decay: float = 0.0                   # > 0: keep an EMA of G's weights; final.safetensors holds it
+    motion_only: bool = False                # only M trains, on motion targets (NeurMAPStep.motion_only)
+    lr_schedule: str = "linear"              # G's lr (motion_only: M's): linear decay to 0, or cosine to lr·lr_min_ratio
+    lr_warmup: int = 0                       # G iterations (M's under motion_only) of linear lr warm-up from 0
+    lr_min_ratio: float = 0.0                # cosine floor, as a fraction of the lr
+    ema_decay: float = 0.0                   # > 0: keep an EMA of G's (motion_only: M's) weights; final holds it
     workers: int = 0                         # > 0: batches synthesized in that many worker processes
     teacher: str | None = None               # a stronger deblur net (weights); loss_weights.G_teacher > 0 uses it
 
@@ -83,6 +84,9 @@ class TrainConfig:
             raise ConfigError(f"official_compat={self.official_compat!r}: use off, synthetic (D's real images all "
                               "sharp, as config_semi_syn.yaml) or real (sharp/blurry mix, the real-blur configs)")
         self.official_compat = oc
+        if self.paired_only and self.motion_only:
+            raise ConfigError("paired_only and motion_only exclude each other: paired_only trains only G, "
+                              "motion_only only M; set one of them")
         official_clip = 0.01 if str(self.backbone).startswith("mprnet") else None
         if oc != "off" and self.grad_clip != official_clip:
             raise ConfigError(f"official_compat={oc} clips as the official code does ({official_clip} for "
@@ -279,15 +283,18 @@ class Trainer:
                                 lr_M=cfg.lr_M, lr_D=cfg.lr_D, grad_clip=cfg.grad_clip,
                                 autocast=self.rt.autocast, scaler=self.rt.scaler,
                                 official=None if cfg.official_compat == "off" else cfg.official_compat)
-        # each net decays linearly to 0 at the end on its own lr; G's schedule counts only its own steps
+        # each net decays linearly to 0 at the end on its own lr; G's schedule counts only its own steps.
+        # motion_only: M is the net that trains, so it takes G's schedule keys (lr_schedule, lr_warmup, ...)
         g_total, md_total = max(cfg.iterations, 1), max(self.total_iterations, 1)
+        linear = lambda i: max(0.0, 1.0 - i / md_total)
         self.scheds = [torch.optim.lr_scheduler.LambdaLR(self.step.opt_G, lr_factor(cfg, g_total))]
-        self.scheds += [torch.optim.lr_scheduler.LambdaLR(o, lambda i: max(0.0, 1.0 - i / md_total))
-                        for o in (self.step.opt_M, self.step.opt_D)]
+        self.scheds += [torch.optim.lr_scheduler.LambdaLR(self.step.opt_M, lr_factor(cfg, md_total)
+                                                          if cfg.motion_only else linear),
+                        torch.optim.lr_scheduler.LambdaLR(self.step.opt_D, linear)]
         self.step.ema = None
         if cfg.ema_decay > 0:     # averaged weights generalise better than the last iterate (NAFNet, BasicSR)
             from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-            self.step.ema = AveragedModel(_unwrap(self.step.G), multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay),
+            self.step.ema = AveragedModel(self._trained_net(), multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay),
                                           use_buffers=True)
         self.teacher = None
         if cfg.teacher:
@@ -324,6 +331,10 @@ class Trainer:
     def is_main(self) -> bool:
         return self.rt.rank == 0
 
+    def _trained_net(self) -> nn.Module:
+        """The net whose EMA is kept: M under motion_only, else G."""
+        return _unwrap(self.step.M if self.cfg.motion_only else self.step.G)
+
     @property
     def total_iterations(self) -> int:
         """Warm-up (M and D only) + G iterations; the paired-only baseline has no M or D to warm up.
@@ -331,7 +342,7 @@ class Trainer:
         Why a warm-up: a freshly initialised M predicts almost no motion, so m_rel ≈ 0, R(Ŝ, 0) = Ŝ and the
         reblur term asks for Ŝ = B (undo the deblurring); a fresh D likewise judges nothing useful yet.
         """
-        return self.cfg.iterations + (0 if self.cfg.paired_only else self.cfg.warmup_iterations)
+        return self.cfg.iterations + (0 if self.cfg.paired_only or self.cfg.motion_only else self.cfg.warmup_iterations)
 
     def iterations(self) -> Iterator[tuple[int, dict[str, float]]]:
         """Run to ``total_iterations``, yielding (iteration, losses, batch); checkpoints as configured."""
@@ -351,29 +362,38 @@ class Trainer:
             batch = [b.to(dev, non_blocking=True) for b in cpu_batch]
             if cfg.channels_last:
                 batch = [b.contiguous(memory_format=torch.channels_last) for b in batch]
-            if cfg.paired_only:
+            named = dict(zip(self.sampler.names, batch))
+            if cfg.motion_only:
+                losses, stepped = self.step.motion_only(**named), self.scheds[1:2]
+            elif cfg.paired_only:
                 target = None
                 if self.teacher is not None:
                     with torch.no_grad(), self.rt.autocast():
                         target = self.teacher(batch[0]).float().clamp(0, 1)
                 losses, stepped = self.step.content_only(*batch[:2], teacher_out=target), self.scheds[:1]
             elif it < warmup:
-                losses, stepped = self.step(*batch, update_G=False), self.scheds[1:]   # G frozen
+                losses, stepped = self.step(**named, update_G=False), self.scheds[1:]   # G frozen
             else:
-                losses, stepped = self.step(*batch), self.scheds
+                losses, stepped = self.step(**named), self.scheds
             for s in stepped:
                 s.step()
             if self.step.ema is not None and (cfg.paired_only or it >= warmup):
-                self.step.ema.update_parameters(_unwrap(self.step.G))
+                self.step.ema.update_parameters(self._trained_net())
             done = it + 1
             if self.is_main and (done % cfg.checkpoint_every == 0 or done == total):
                 save_checkpoint(self.run_dir, done, self.step, self.scheds, cfg, cfg.keep_checkpoints)
             yield done, {k: float(v) for k, v in losses.items()}, batch
         if self.is_main:
-            G = inference_model(self.step.ema.module if self.step.ema is not None else _unwrap(self.step.G))
-            save_weights(self.run_dir / "final.safetensors", G, _unwrap(self.step.M),
+            ema = self.step.ema.module if self.step.ema is not None else None
+            G, M = _unwrap(self.step.G), _unwrap(self.step.M)
+            if cfg.motion_only:     # G as init_weights gave it; M trained
+                M = ema if ema is not None else M
+            else:
+                G = ema if ema is not None else G
+            save_weights(self.run_dir / "final.safetensors", inference_model(G), M,
                          provenance={"trained_by": "neurmap train", "iterations": cfg.iterations,
-                                     "weights": "ema" if self.step.ema is not None else "last",
+                                     "trained": "motion net" if cfg.motion_only else "deblur net",
+                                     "weights": "ema" if ema is not None else "last",
                                      "config": cfg.as_dict()})
 
     def visuals(self, batch: list[torch.Tensor]) -> torch.Tensor:
@@ -381,8 +401,9 @@ class Trainer:
         from .flow_motion import flow_to_color
         from .reblur import canonical_motion, reblur
         G, M = _unwrap(self.step.G), _unwrap(self.step.M)
+        names = self.sampler.names
         with torch.no_grad():
-            b = batch[0 if self.cfg.paired_only else 2][:2].float()
+            b = batch[names.index("unpaired_blurry") if "unpaired_blurry" in names else 0][:2].float()
             s = G(b).clamp(0, 1)
             m_rel = canonical_motion(M(b)) - canonical_motion(M(s))
             rb = reblur(s, m_rel).clamp(0, 1)

@@ -24,9 +24,11 @@ def build_source(spec: Any, crop: int, role: str) -> Dataset:
     Spec forms: a path (a ``blur``/``sharp`` tree → paired, else an image folder or video), or a dict with
     ``type``: ``paired`` | ``gopro240`` (GoPro-protocol synthesis from 240 fps frames) | ``photos``
     (camera shake / kernel blur over sharp photos, :class:`PhotoPairs`) | ``folder`` (images or a video) |
-    ``kernel`` (kernel-synthesized blur of sharp frames), plus ``path`` and options (``frame_range``,
-    ``n_frames``, ``max_px``, ``split``, ``blur``, ...). A list mixes sources: with a ``weight`` on each,
-    drawn in those ratios (:class:`WeightedMix`); without, concatenated.
+    ``kernel`` (kernel-synthesized blur of sharp frames) | ``video_flow`` (ordered frames of a blurry video
+    with their flow-derived blur, :class:`VideoFlowMotion`), plus ``path`` and options (``frame_range``,
+    ``n_frames``, ``max_px``, ``split``, ``blur``, ``exposure``, ...; ``motion: true`` makes photos and
+    gopro240 items carry their known motion). A list mixes sources: with a ``weight`` on each, drawn in those
+    ratios (:class:`WeightedMix`); without, concatenated.
     """
     if isinstance(spec, list):
         weights = [s.get("weight") if isinstance(s, dict) else None for s in spec]
@@ -68,7 +70,12 @@ def build_source(spec: Any, crop: int, role: str) -> Dataset:
         if rng:
             source = torch.utils.data.Subset(source, range(*rng))  # lazy: frames read when drawn
         return D.KernelBlurred(source, crop_size=size, flip=True, **spec)
-    raise NeurmapError(f"unknown data type {kind!r} for {role}; use paired, gopro240, photos, folder or kernel")
+    if kind == "video_flow":
+        if "frame_range" in spec:
+            spec["frame_range"] = tuple(spec["frame_range"])
+        return D.VideoFlowMotion(path, crop_size=size, flip=True, **spec)
+    raise NeurmapError(f"unknown data type {kind!r} for {role}; use paired, gopro240, photos, folder, kernel "
+                       "or video_flow")
 
 
 def _image(sample: dict, role: str) -> torch.Tensor:
@@ -77,6 +84,13 @@ def _image(sample: dict, role: str) -> torch.Tensor:
         if k in sample:
             return sample[k]
     raise NeurmapError(f"a {role} source yielded keys {sorted(sample)}; expected one of {keys}")
+
+
+def _motion(sample: dict, role: str) -> torch.Tensor:
+    if "motion" not in sample:
+        raise NeurmapError(f"a {role} source yielded keys {sorted(sample)} without 'motion'; motion targets come "
+                           "from photos / gopro240 with motion: true, kernel, or video_flow sources")
+    return sample["motion"]
 
 
 def _seed_epoch(ds: Dataset, value: int) -> None:
@@ -90,20 +104,40 @@ def _seed_epoch(ds: Dataset, value: int) -> None:
 
 
 class BatchSampler:
-    """Batches as a pure function of (seed, iteration, rank): restarting at iteration t resumes the stream."""
+    """Batches as a pure function of (seed, iteration, rank): restarting at iteration t resumes the stream.
+
+    A batch is a tuple of stacked tensors named by ``names`` (the keyword names of the step that takes it):
+    paired_blurry, paired_sharp, then unpaired_blurry, unpaired_sharp for a NeurMAP run, and the motion
+    targets its loss weights use (paired_motion for M_supervised, unpaired_motion for M_video).
+    ``motion_only`` runs draw paired (with motion) and, when given, unpaired_blurry video with its motion.
+    """
 
     def __init__(self, cfg: TrainConfig, rank: int = 0, world: int = 1) -> None:
-        d = cfg.data
-        roles = ("paired",) if cfg.paired_only else ("paired", "unpaired_blurry", "unpaired_sharp")
+        from .step import LossWeights
+
+        d, w = cfg.data, LossWeights.from_dict(cfg.loss_weights)
+        if cfg.motion_only:
+            roles = ("paired",) + (("unpaired_blurry",) if "unpaired_blurry" in d else ())
+            if w.M_video and "unpaired_blurry" not in d:
+                raise NeurmapError("loss_weights.M_video > 0 needs data.unpaired_blurry (a video_flow source); "
+                                   "add one or set M_video: 0")
+        else:
+            roles = ("paired",) if cfg.paired_only else ("paired", "unpaired_blurry", "unpaired_sharp")
         for key in roles:
             if key not in d:
                 raise NeurmapError(f"config data.{key} is missing; a NeurMAP run needs paired, unpaired_blurry "
-                                   "and unpaired_sharp sources (paired_only: true needs only paired)")
+                                   "and unpaired_sharp sources (paired_only / motion_only: true need only paired)")
         self.sources = {key: build_source(d[key], cfg.crop, key) for key in roles}
         for name, ds in self.sources.items():
             if len(ds) == 0:
                 raise NeurmapError(f"data.{name} holds no images")
         self.cfg, self.rank, self.world = cfg, rank, world
+        self.names = ["paired_blurry", "paired_sharp"]
+        if cfg.motion_only:
+            self.names += ["paired_motion"] + (["unpaired_blurry", "unpaired_motion"] if len(roles) > 1 else [])
+        elif not cfg.paired_only:
+            self.names += ["unpaired_blurry", "unpaired_sharp"] + (["paired_motion"] if w.M_supervised else []) \
+                + (["unpaired_motion"] if w.M_video else [])
 
     def _draw(self, ds: Dataset, n: int, g: torch.Generator, it: int) -> list[dict]:
         idx = torch.randint(0, len(ds), (n * self.world,), generator=g)[self.rank * n:(self.rank + 1) * n]
@@ -113,12 +147,18 @@ class BatchSampler:
     def batch(self, it: int) -> tuple[torch.Tensor, ...]:
         g = torch.Generator().manual_seed(self.cfg.seed * 7_919 + it)
         p = self._draw(self.sources["paired"], self.cfg.batch_paired, g, it)
-        paired = (torch.stack([x["blurry"] for x in p]), torch.stack([x["sharp"] for x in p]))
-        if self.cfg.paired_only:
-            return paired
-        u = self._draw(self.sources["unpaired_blurry"], self.cfg.batch_unpaired, g, it)
-        s = self._draw(self.sources["unpaired_sharp"], self.cfg.batch_unpaired, g, it)
-        return paired + (torch.stack([_image(x, "blurry") for x in u]), torch.stack([_image(x, "sharp") for x in s]))
+        out = {"paired_blurry": [x["blurry"] for x in p], "paired_sharp": [x["sharp"] for x in p]}
+        if "paired_motion" in self.names:
+            out["paired_motion"] = [_motion(x, "paired") for x in p]
+        if "unpaired_blurry" in self.names:
+            u = self._draw(self.sources["unpaired_blurry"], self.cfg.batch_unpaired, g, it)
+            out["unpaired_blurry"] = [_image(x, "blurry") for x in u]
+            if "unpaired_sharp" in self.names:
+                s = self._draw(self.sources["unpaired_sharp"], self.cfg.batch_unpaired, g, it)
+                out["unpaired_sharp"] = [_image(x, "sharp") for x in s]
+            if "unpaired_motion" in self.names:
+                out["unpaired_motion"] = [_motion(x, "unpaired_blurry") for x in u]
+        return tuple(torch.stack(out[k]) for k in self.names)
 
 
 class _Batches(Dataset):

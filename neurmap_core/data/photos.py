@@ -33,7 +33,8 @@ import torch
 from ..errors import InputError
 from .datasets import _SeededDataset
 from .io import PathLike, list_images
-from .synthesis import kernel_blur, linear_to_srgb, random_motion_field, srgb_to_linear
+from .synthesis import (affine_blur_motion, affine_matrix, kernel_blur, linear_to_srgb, random_motion_field,
+                        srgb_to_linear)
 
 HELDOUT_FRACTION = 0.1
 
@@ -82,18 +83,38 @@ def shake_path(rng: np.random.Generator, length_px: float, max_rotation_deg: flo
     return np.concatenate([xy, ang[:, None]], 1)
 
 
-def render_shake(linear: np.ndarray, poses: np.ndarray, centre: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
-    """(blurry, sharp) in linear light: the mean of the warped views, and the mid-exposure view."""
+def render_shake(linear: np.ndarray, poses: np.ndarray, centre: tuple[float, float],
+                 motion: bool = False) -> tuple[np.ndarray, ...]:
+    """(blurry, sharp) in linear light: the mean of the warped views, and the mid-exposure view.
+
+    ``motion=True`` adds the known per-pixel blur, (2,H,W) float32 in pixels/20 (:func:`affine_blur_motion`
+    over the views, equally spaced in time, relative to the mid-exposure one)."""
     h, w = linear.shape[:2]
     acc = np.zeros_like(linear)
-    views = []
-    for dx, dy, ang in poses:
-        mat = cv2.getRotationMatrix2D(centre, float(ang), 1.0)
-        mat[0, 2] += dx
-        mat[1, 2] += dy
+    views, mats = [], [affine_matrix(centre, ang, 1.0, dx, dy) for dx, dy, ang in poses]
+    for mat in mats:
         views.append(cv2.warpAffine(linear, mat, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101))
         acc += views[-1]
-    return acc / len(poses), views[len(poses) // 2]
+    mid = len(poses) // 2
+    out = (acc / len(poses), views[mid])
+    if not motion:
+        return out
+    truth = affine_blur_motion(mats, np.arange(len(poses)) - mid, mats[mid], h, w).numpy()
+    return out + (truth,)
+
+
+def _orient(a: np.ndarray, flip: bool, k: int, motion: bool = False) -> np.ndarray:
+    """Mirror left-right (when ``flip``) then turn by k·90° (``np.rot90``) an H×W×C map; a motion map's
+    (dy, dx) vectors turn with it (a mirror negates dx; each quarter turn sends (dy, dx) to (−dx, dy))."""
+    if flip:
+        a = a[:, ::-1]
+        if motion:
+            a = a * np.array([1.0, -1.0], np.float32)
+    a = np.rot90(a, k)
+    if motion:
+        for _ in range(k % 4):
+            a = np.stack((-a[..., 1], a[..., 0]), -1)
+    return a
 
 
 def camera_noise(x: np.ndarray, rng: np.random.Generator, shot: float, read: float) -> np.ndarray:
@@ -117,13 +138,16 @@ class PhotoPairs(_SeededDataset):
     ``kernel`` or ``mix`` (half each). ``max_px``: the longest blur path in pixels; ``exposure``: a
     fixed fraction, or a ``(lo, hi)`` range drawn per item. ``items_per_photo`` only sets ``len``
     (each draw makes a new crop and blur). With ``seed`` set, item ``i`` is reproducible. ``cache`` keeps
-    the decoded photos in memory (training: ~0.6 GB for the 609 training photos).
+    the decoded photos in memory (training: ~0.6 GB for the 609 training photos). ``motion=True`` adds
+    ``motion``, the known per-pixel blur (2,H,W) in pixels/20 (shake: :func:`render_shake`'s; kernel: the
+    field it blurred with), oriented with the crop; other outputs are unchanged by it.
     """
 
     def __init__(self, photos, crop_size: int = 128, split: str = "train", blur: str = "mix",
                  max_px: float = 24.0, max_rotation_deg: float = 1.5, exposure=(0.5, 1.0), p_sharp: float = 0.1,
                  degrade: bool = True, scale: tuple[float, float] = (0.6, 1.0), items_per_photo: int = 1,
-                 seed: Optional[int] = None, cache: bool = False) -> None:
+                 seed: Optional[int] = None, cache: bool = False, motion: bool = False) -> None:
+        self.motion = bool(motion)
         self.paths = photo_split(photos, split) if isinstance(photos, (str, Path)) else [Path(p) for p in photos]
         if not self.paths:
             raise InputError(f"no photos for split {split!r} in {photos}; check the data path")
@@ -181,26 +205,30 @@ class PhotoPairs(_SeededDataset):
                 lin = np.where(lin > 0.8, lin * gain, lin).astype(np.float32)
             n = max(9, int(math.ceil(length * 1.5)) | 1)
             centre = (float(rng.uniform(-2, 3) * self.crop), float(rng.uniform(-2, 3) * self.crop))
-            b, s = render_shake(lin, shake_path(rng, length, self.max_rot * length / self.max_px, n), centre)
+            b, s, *m = render_shake(lin, shake_path(rng, length, self.max_rot * length / self.max_px, n), centre,
+                                    motion=self.motion)
             blurry, sharp = linear_to_srgb(np.clip(b, 0, 1)[c, c]), linear_to_srgb(np.clip(s, 0, 1)[c, c])
         else:
             t = torch.from_numpy(win.transpose(2, 0, 1).copy())
             g = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
-            motion = random_motion_field(t.shape[1], t.shape[2], generator=g, max_px=max(length, 0.1),
-                                         min_px=0.6 * length)
-            blurry = kernel_blur(t, motion, border="replicate").clamp(0, 1).numpy().transpose(1, 2, 0)[c, c]
+            field = random_motion_field(t.shape[1], t.shape[2], generator=g, max_px=max(length, 0.1),
+                                        min_px=0.6 * length)
+            blurry = kernel_blur(t, field, border="replicate").clamp(0, 1).numpy().transpose(1, 2, 0)[c, c]
             sharp = win[c, c]
+            m = [field.numpy()]
         if self.degrade:
             if rng.random() < 0.7:
                 blurry = camera_noise(blurry, rng, shot=rng.uniform(0, 4e-3), read=rng.uniform(0, 8e-3))
             if rng.random() < 0.5:
                 blurry = jpeg(blurry, int(rng.integers(60, 96)))
-        if rng.random() < 0.5:
-            blurry, sharp = blurry[:, ::-1], sharp[:, ::-1]
+        flip = rng.random() < 0.5
         k = int(rng.integers(0, 4))
-        blurry, sharp = np.rot90(blurry, k), np.rot90(sharp, k)
-        as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1), dtype=np.float32)).clamp_(0, 1)
-        return {"blurry": as_t(blurry), "sharp": as_t(sharp)}
+        blurry, sharp = _orient(blurry, flip, k), _orient(sharp, flip, k)
+        as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1), dtype=np.float32))
+        out = {"blurry": as_t(blurry).clamp_(0, 1), "sharp": as_t(sharp).clamp_(0, 1)}
+        if self.motion:
+            out["motion"] = as_t(_orient(m[0].transpose(1, 2, 0)[c, c], flip, k, motion=True))
+        return out
 
 
 __all__ = ["PhotoPairs", "photo_split", "is_heldout", "shake_path", "render_shake", "camera_noise", "jpeg",

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 from ..models.motion import MOTION_SCALE
-from ..reblur import reblur
+from ..reblur import TAPS, reblur
 from .io import PathLike, array_to_tensor, read_image
 from .video import FrameSequence, frame_source
 
@@ -86,6 +86,30 @@ def gopro_pair(frames) -> tuple[torch.Tensor, torch.Tensor]:
     """(blurry, sharp): :func:`gopro_blur` of the window and its middle frame."""
     f = _stack_frames(frames)
     return gopro_blur(f), f[middle_index(f.shape[0])].to(torch.float32).clone()
+
+
+def tap_gain(n: int, taps: int = TAPS) -> float:
+    """From the half-extent (W_last − W_first)/2 of ``n`` equally spaced views along a straight path to the
+    half-extent reblur's ``taps`` taps need for the same blur (equal second moment; 1 when n == taps)."""
+    return math.sqrt((n + 1) / (n - 1) * (taps - 1) / (taps + 1)) if n > 1 else 0.0
+
+
+def window_motion(frames: torch.Tensor, flow=None) -> torch.Tensor:
+    """Blur of a GoPro-protocol window (N,3,H,W) on its middle (sharp) frame's grid, (2,H,W) in pixels/20.
+
+    Dense flow from the middle frame to the last minus that to the first gives W_last(x) − W_first(x) — real
+    parallax and moving objects, which no global model has; halved and scaled by :func:`tap_gain` it is the
+    convention of :func:`affine_blur_motion` for ``N`` views. Two half-window flows rather than one first → last:
+    they live on the sharp frame's grid and match smaller displacements."""
+    from ..flow_motion import FlowEstimator
+
+    n = frames.shape[0]
+    if n < 2:
+        return torch.zeros(2, *frames.shape[-2:])
+    flow = flow or FlowEstimator()
+    mid = middle_index(n)
+    span = flow(frames[mid], frames[-1]) - flow(frames[mid], frames[0])
+    return torch.from_numpy(span * (tap_gain(n) / 2.0 / MOTION_SCALE))
 
 
 def _lengths(n_frames) -> list[int]:
@@ -309,6 +333,45 @@ def kernel_blur(sharp: torch.Tensor, motion: torch.Tensor, border: str = "zeros"
 # ------------------------------------------------------------------------------------------------
 
 
+def affine_matrix(centre: tuple[float, float], angle_deg: float, zoom: float, dx: float, dy: float) -> np.ndarray:
+    """The 2x3 matrix ``cv2.warpAffine`` takes (source -> view): a rotation and zoom about ``centre``, then a shift."""
+    mat = cv2.getRotationMatrix2D((float(centre[0]), float(centre[1])), float(angle_deg), float(zoom))
+    mat[0, 2] += dx
+    mat[1, 2] += dy
+    return mat
+
+
+def affine_blur_motion(mats: Sequence[np.ndarray], times: Sequence[float], ref: np.ndarray, h: int, w: int,
+                       taps: int = TAPS) -> torch.Tensor:
+    """Known per-pixel linear blur of a frame averaged from affine views, (2,H,W) (dy, dx) in pixels/20.
+
+    View k shows ``cv2.warpAffine(src, mats[k])`` at time ``times[k]``; ``ref`` is the sharp view's matrix.
+    ``W_k = ref · mats[k]⁻¹`` maps an output pixel x to where view k samples the sharp view, so the blurry
+    frame is mean_k S(W_k(x)) and :func:`reblur` wants taps along x ± 20·m(x). m is the least-squares line
+    through the displacements d_k = W_k(x) − x over time (no intercept: the sharp view is the reference),
+    scaled so its 15 taps have the second moment of the n views: the truth then does not depend on how many
+    sub-frames rendered the blur. With ``taps`` views on a straight path it is exactly the endpoint
+    formula (W_last − W_first)/2/20; with fewer views the endpoints alone would under-read (9 views span
+    8/9 of the exposure, which reblur's 15 taps at ±20·m do not know).
+    """
+    tau = np.asarray(times, np.float64)
+    if len(mats) != len(tau) or len(tau) == 0:
+        raise InputError(f"affine_blur_motion needs one time per view, got {len(mats)} views and {len(tau)} times")
+    den = float((tau * tau).sum())
+    if len(tau) < 2 or den <= 0:
+        return torch.zeros(2, h, w)
+    t_rms = math.sqrt((taps + 1) / (3.0 * (taps - 1)))              # rms of linspace(-1, 1, taps)
+    gain = math.sqrt(den / len(tau)) / den / t_rms / MOTION_SCALE   # LS slope × rms(τ) / rms(taps), in /20
+    full = lambda m: np.vstack([np.asarray(m, np.float64).reshape(2, 3), [0.0, 0.0, 1.0]])
+    r = full(ref)
+    # d_k(x) = (R A_k⁻¹ − I) x is affine in x: sum the weighted maps first, then apply once per pixel
+    acc = sum(t * (r @ np.linalg.inv(full(m)) - np.eye(3)) for t, m in zip(tau, mats))[:2] * gain
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
+    dx = acc[0, 0] * xs + acc[0, 1] * ys + acc[0, 2]
+    dy = acc[1, 0] * xs + acc[1, 1] * ys + acc[1, 2]
+    return torch.from_numpy(np.stack((dy, dx)).astype(np.float32))
+
+
 def _to_rgb_hwc(image) -> np.ndarray:
     if isinstance(image, (str, Path)):
         t = read_image(image)
@@ -360,7 +423,8 @@ def camera_shake_clip(
     size: Optional[tuple[int, int]] = None,
     seed: Optional[int] = 0,
     hide_borders: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    motion: bool = False,
+) -> tuple[torch.Tensor, ...]:
     """A handheld-shake clip made from still photos: (blurry, sharp), each (n_frames, 3, H, W) in [0, 1].
 
     ``images``: one image or a list (RGB arrays such as ``skimage.data.astronaut()``, (3,H,W) tensors
@@ -373,6 +437,8 @@ def camera_shake_clip(
     fastest frame smears ``max_blur_px`` pixels of translation plus up to ``max_rotation_deg`` degrees of
     rotation. ``hide_borders`` zooms in just enough that the shaken view stays inside the photo (capped
     at 1.25x; beyond it borders are mirrored). Reproducible with ``seed``.
+    ``motion=True`` also returns each frame's known per-pixel blur, (n_frames, 2, H, W) in pixels/20
+    (:func:`affine_blur_motion`): ``reblur(sharp[t], motion[t])`` approximates ``blurry[t]``.
     """
     if isinstance(images, (np.ndarray, torch.Tensor, str, Path)):
         images = [images]
@@ -409,22 +475,28 @@ def camera_shake_clip(
 
     centre = ((w - 1) / 2.0, (h - 1) / 2.0)
 
-    def view(src: np.ndarray, t: float) -> np.ndarray:
+    def matrix(t: float) -> np.ndarray:
         dx, dy, ang = pose(t)
-        mat = cv2.getRotationMatrix2D(centre, float(ang), zoom)
-        mat[0, 2] += dx
-        mat[1, 2] += dy
+        return affine_matrix(centre, ang, zoom, dx, dy)
+
+    def view(src: np.ndarray, mat: np.ndarray) -> np.ndarray:
         return cv2.warpAffine(src, mat, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
 
     # sub-frame k of frame t is seen at t + 0.5 + exposure * offs[k]; the sharp frame at t + 0.5
     offs = (np.arange(sub_frames) + 0.5) / sub_frames - 0.5
     blurry = np.empty((n_frames, 3, h, w), np.float32)
     sharp = np.empty((n_frames, 3, h, w), np.float32)
+    truth = torch.empty((n_frames, 2, h, w)) if motion else None
     for t in range(n_frames):
         src = linear[min(t * len(linear) // n_frames, len(linear) - 1)]
         acc = np.zeros((h, w, 3), np.float32)
-        for o in offs:
-            acc += view(src, t + 0.5 + exposure * float(o))
+        mats = [matrix(t + 0.5 + exposure * float(o)) for o in offs]
+        for mat in mats:
+            acc += view(src, mat)
+        ref = matrix(t + 0.5)
         blurry[t] = linear_to_srgb(acc / sub_frames).transpose(2, 0, 1)
-        sharp[t] = linear_to_srgb(view(src, t + 0.5)).transpose(2, 0, 1)
-    return torch.from_numpy(blurry).clamp_(0.0, 1.0), torch.from_numpy(sharp).clamp_(0.0, 1.0)
+        sharp[t] = linear_to_srgb(view(src, ref)).transpose(2, 0, 1)
+        if truth is not None:
+            truth[t] = affine_blur_motion(mats, exposure * offs, ref, h, w)
+    out = (torch.from_numpy(blurry).clamp_(0.0, 1.0), torch.from_numpy(sharp).clamp_(0.0, 1.0))
+    return out + (truth,) if truth is not None else out
