@@ -72,11 +72,12 @@ def _downscale(frames: Sequence[FrameLike], max_side: int) -> list[np.ndarray]:
 @torch.no_grad()
 def estimate_exposure(frames: Sequence[FrameLike], max_side: int = 256, max_pairs: int = 8,
                       grid: Sequence[float] = GRID, flow: Optional[FlowEstimator] = None,
-                      margin: int = 12) -> ExposureEstimate:
+                      margin: int = 12, points: int = 3) -> ExposureEstimate:
     """The exposure fraction of a clip of >= 3 consecutive frames (see the module's docstring).
 
     Works on grey frames downscaled to ``max_side`` pixels (the fraction does not depend on scale), over up
-    to ``max_pairs`` neighbouring pairs spread along the clip."""
+    to ``max_pairs`` neighbouring pairs spread along the clip. ``points``: the velocity stencil
+    (:func:`~.flow_motion.velocity`) the fraction is for — estimate it with the one the motion will use."""
     import time
 
     t0 = time.perf_counter()
@@ -87,7 +88,7 @@ def estimate_exposure(frames: Sequence[FrameLike], max_side: int = 256, max_pair
     if len({g.shape for g in gray}) != 1:
         raise InputError("estimating the exposure needs frames of one size")
     flow = flow or FlowEstimator()
-    vel = clip_velocities(gray, flow)
+    vel = clip_velocities(gray, flow, points)
     starts = sorted(set(np.linspace(0, len(gray) - 2, min(max_pairs, len(gray) - 1)).round().astype(int).tolist()))
     grid_t = torch.tensor([float(e) for e in grid])
     tot = torch.zeros(len(grid_t))

@@ -92,15 +92,34 @@ class FlowEstimator:
         return np.ascontiguousarray(np.stack((f[..., 1], f[..., 0])), dtype=np.float32)   # (dy, dx)
 
 
-def velocity(frames: Sequence[FrameLike], t: int, flow: Optional[FlowEstimator] = None) -> np.ndarray:
+#: stencils of :func:`velocity`: 3 (one flow, the default) or 5 (four flows on frame t's grid)
+VELOCITY_POINTS = (3, 5)
+
+
+def velocity(frames: Sequence[FrameLike], t: int, flow: Optional[FlowEstimator] = None,
+             points: int = 3) -> np.ndarray:
     """Scene velocity at frame ``t`` in pixels per frame interval, (2,H,W) (dy, dx): central difference
-    flow(t−1 → t+1)/2 inside the clip, one-sided flow at its ends."""
+    flow(t−1 → t+1)/2 inside the clip, one-sided flow at its ends.
+
+    ``points=5``: the five-point stencil (8·(d₊₁ − d₋₁) − (d₊₂ − d₋₂)) / 12 of the displacements
+    d_k = flow(t → t+k) on frame t's own grid (frames within 2 of an end fall back to 3 points). A central
+    difference reads a shake of ω radians per frame as sin ω / ω of its speed, the five-point stencil as
+    (8 sin ω − sin 2ω) / 6ω: at 0.25 cycles/frame (hand tremor at 30 fps) 0.64 vs 0.85, and since x, y and
+    rotation shake at different rates the blur's direction is wrong too. On held-out camera-shake clips its
+    per-pixel error to the known blur is 20-55 % lower (6 clips, true exposure; 10-30 % with each stencil's
+    own estimated exposure, ``bench/adapt_stream.py``). Four flows instead of one."""
     n = len(frames)
     if n < 2:
         raise InputError("flow-derived motion needs at least 2 consecutive frames; a single image has no neighbours")
     if not 0 <= t < n:
         raise InputError(f"frame index {t} outside a clip of {n} frames")
+    if points not in VELOCITY_POINTS:
+        raise InputError(f"velocity stencil of {points} points unknown; use one of {VELOCITY_POINTS}")
     flow = flow or FlowEstimator()
+    if points == 5 and 2 <= t < n - 2:
+        g = {k: to_gray_u8(frames[t + k]) for k in (-2, -1, 0, 1, 2)}     # each frame converted once
+        d = {k: flow(g[0], g[k]) for k in (-2, -1, 1, 2)}
+        return (8.0 * (d[1] - d[-1]) - (d[2] - d[-2])) / 12.0
     a, b = max(t - 1, 0), min(t + 1, n - 1)
     return flow(frames[a], frames[b]) / float(b - a)
 
@@ -131,10 +150,11 @@ def flow_blur(frames: Sequence[FrameLike], t: int, exposure: float,
     return velocity_to_motion(velocity(frames, t, flow), exposure)
 
 
-def clip_velocities(frames: Sequence[FrameLike], flow: Optional[FlowEstimator] = None) -> list[np.ndarray]:
+def clip_velocities(frames: Sequence[FrameLike], flow: Optional[FlowEstimator] = None,
+                    points: int = 3) -> list[np.ndarray]:
     """:func:`velocity` of every frame of a clip (n−1 flows for the ends, n−2 central ones inside)."""
     flow = flow or FlowEstimator()
-    return [velocity(frames, t, flow) for t in range(len(frames))]
+    return [velocity(frames, t, flow, points) for t in range(len(frames))]
 
 
 def blur_px(motion: torch.Tensor) -> float:
