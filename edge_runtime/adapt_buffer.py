@@ -48,9 +48,12 @@ class FrameBuffer:
         self.lock = threading.Lock()
 
     def add(self, frame) -> None:
-        t = _to_uint8_chw(frame)
+        self.place(_to_uint8_chw(frame))
+
+    def place(self, item) -> None:
+        """Store ``item`` as it is (a uint8 frame, or the stream path's frame-with-motion)."""
         with self.lock:
-            (self.held if self.seen % self.holdout_every == self.holdout_every - 1 else self.train).append(t)
+            (self.held if self.seen % self.holdout_every == self.holdout_every - 1 else self.train).append(item)
             self.seen += 1
 
     def extend(self, frames: Iterable) -> "FrameBuffer":

@@ -13,7 +13,8 @@ console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 #: ``--adapt-opts`` keys of ``neurmap run --adapt`` beyond AdaptConfig's own fields
 RUN_KEYS = {"weights": str, "motion": str, "out": str, "onnx": str, "every": int, "min_new": int,
-            "capacity": int, "duty": float, "rounds": int}
+            "capacity": int, "duty": float, "rounds": int, "mode": str, "exposure": float}
+MODES = ("auto", "stream", "single")
 
 
 def read_frames(source: str, max_frames: int) -> list:
@@ -75,6 +76,11 @@ def adapt(
     mode: str = typer.Option("auto", "--mode", help="auto: a video or ordered frames use neighbouring frames' "
                              "flow as the blur (stream path), one image the motion net (single path); or force "
                              "'stream' / 'single'."),
+    motion_source: Optional[str] = typer.Option(None, "--motion-source", help="Stream path: where the blur comes "
+                                                "from — flow (neighbouring frames' flow × exposure, the default), "
+                                                "m (the motion net's absolute reading, M adapted to the flow "
+                                                "first) or fused (M where it agrees with the flow within a factor "
+                                                "2, else flow)."),
 ) -> None:
     """Adapt a deblur net to the blur of one camera: a few guarded steps of NeurMAP's unpaired losses.
 
@@ -109,21 +115,24 @@ def adapt(
     if w.exists() and target.resolve() == w.resolve():
         raise NeurmapError(f"--out {target} is the original weights file; adapted weights never overwrite it")
 
-    if mode not in ("auto", "stream", "single"):
-        raise NeurmapError(f"--mode {mode!r}: choose auto, stream or single")
-    model, meta = load_weights(weights)
-    if mode != "single":
-        from .stream_cli import adapt_stream, is_stream
+    from .stream_cli import adapt_stream, is_stream
 
-        if mode == "stream" or is_stream(source):
-            adapt_stream(source, weights, model, meta, target, exposure=exposure, max_frames=max_frames,
-                         overrides={"steps": steps, "crop": crop, "batch": batch, "seed": seed, "device": device,
-                                    "min_gain": min_gain, "min_blur_px": min_blur_px, "niqe_guard": niqe_guard, "probe_guard": probe_guard,
-                                    "eval_crop": eval_crop, "eval_crops": eval_crops,
-                                    **({"params": params} if params != "lora" else {}),
-                                    **({"lr": lr} if lr is not None else {})},
-                         json_out=json_out, console=console)
-            return
+    # --mode stream on one image: the stream path's reader says why it cannot
+    has_neighbours = mode == "stream" or (mode == "auto" and is_stream(source))
+    if stream_mode(mode, has_neighbours, source, motion_source is not None, "--mode single"):
+        overrides = {"steps": steps, "crop": crop, "batch": batch, "seed": seed, "device": device,
+                     "min_gain": min_gain, "min_blur_px": min_blur_px, "niqe_guard": niqe_guard,
+                     "probe_guard": probe_guard, "eval_crop": eval_crop, "eval_crops": eval_crops,
+                     **({"params": params} if params != "lora" else {}), **({"lr": lr} if lr is not None else {}),
+                     **({"motion_source": motion_source} if motion_source else {})}
+        from .stream_adapt import stream_config
+        cfg_s = stream_config(overrides)        # a bad --motion-source is refused before anything loads
+        model, meta = load_weights(weights)
+        M, m_src = resolve_motion(weights, motion) if cfg_s.motion_source != "flow" else (None, None)
+        adapt_stream(source, weights, model, meta, target, exposure=exposure, max_frames=max_frames,
+                     overrides=overrides, json_out=json_out, console=console, motion=M, motion_src=m_src)
+        return
+    model, meta = load_weights(weights)
     M, motion_src = resolve_motion(weights, motion)
     frames = read_frames(source, max_frames)
     buf = FrameBuffer(capacity=max(len(frames), 2), holdout_every=4).extend(frames)
@@ -205,10 +214,17 @@ def attach_from_cli(pipe, engine: str, opts_text: Optional[str] = None, on_event
 
     from .adaptation import AdaptConfig, default_lr, default_out, resolve_motion
     from .hotswap import OnlineAdapter, model_from_onnx, swapper_for
+    from .stream_adapt import StreamBuffer, flow_worker, stream_config
+    from .stream_cli import is_stream_source
 
     cfg_kw, run = parse_run_opts(opts_text)
-    cfg_kw.setdefault("lr", default_lr(cfg_kw.get("params", "lora")))
-    cfg = AdaptConfig.from_dict(cfg_kw)
+    stream = stream_mode(run.get("mode", "auto"), is_stream_source(pipe.source), pipe.source.describe(),
+                         "motion_source" in cfg_kw, "--adapt-opts mode=single")
+    if stream:
+        cfg = stream_config(cfg_kw)
+    else:
+        cfg_kw.setdefault("lr", default_lr(cfg_kw.get("params", "lora")))
+        cfg = AdaptConfig.from_dict(cfg_kw)
     cfg.parts()
     backend = pipe.backend
     weights = run.get("weights")
@@ -221,18 +237,49 @@ def attach_from_cli(pipe, engine: str, opts_text: Optional[str] = None, on_event
     else:
         raise NeurmapError(f"--adapt on a {backend.name} engine needs the PyTorch weights it was built from: "
                            "--adapt-opts weights=W")
-    motion, motion_src = resolve_motion(weights or engine, run.get("motion"))
+    if stream and cfg.motion_source == "flow" and not run.get("motion"):
+        try:                 # flow needs no motion net; one is still saved with G when the weights carry it
+            motion, motion_src = resolve_motion(weights or engine, None)
+        except NeurmapError:
+            motion, motion_src = None, None
+    else:
+        motion, motion_src = resolve_motion(weights or engine, run.get("motion"))
     swapper = swapper_for(backend, engine, model, run.get("onnx"))
     out = run.get("out") or str(default_out(weights or engine, "online"))
     if weights and Path(weights).exists() and Path(out).resolve() == Path(weights).resolve():
         raise NeurmapError("--adapt-opts out= is the original weights file; adapted weights never overwrite it")
     prov = {"adapted_from": str(weights or engine), "base_weights": str(weights or engine),
             "source": pipe.source.describe(), "engine": str(engine), "motion": motion_src}
-    on_event(f"adapting online ({cfg.params}, {cfg.steps} steps per round, lr {cfg.lr:g}); accepted weights go to "
-             f"{out} and are swapped into the {backend.name} engine between frames")
-    return OnlineAdapter(swapper, model, motion, cfg, out=out, every=run.get("every", 2),
-                         min_new=run.get("min_new", 8), capacity=run.get("capacity", 24), duty=run.get("duty", 1.0),
-                         max_rounds=run.get("rounds"), provenance=prov, on_event=on_event)
+    every, capacity = run.get("every", 2), run.get("capacity", 24)
+    buf = None
+    if stream:
+        buf = StreamBuffer(flow_worker(cfg), capacity=capacity, every=every, exposure=run.get("exposure"),
+                           points=cfg.flow_points, on_event=on_event)
+        pipe.frame_taps.append(buf.add)
+    on_event(f"adapting online ({cfg.params}, {cfg.steps} steps per round, lr {cfg.lr:g}"
+             + (f"; stream path: blur from {cfg.motion_source}, flow of each frame's neighbours in a worker thread"
+                if stream else "; single-image path: the motion net's relative motion")
+             + f"); accepted weights go to {out} and are swapped into the {backend.name} engine between frames")
+    return OnlineAdapter(swapper, model, motion, cfg, out=out, every=every, min_new=run.get("min_new", 8),
+                         capacity=capacity, duty=run.get("duty", 1.0), max_rounds=run.get("rounds"),
+                         provenance=prov, on_event=on_event, stream=buf)
+
+
+def stream_mode(mode: str, has_neighbours: bool, what: str, motion_source_given: bool, single_hint: str) -> bool:
+    """Whether adaptation takes the stream path: ``mode`` auto / stream / single against the source; one-line
+    errors for a stream asked of a single image and for a motion source given to the single-image path."""
+    from neurmap.core.errors import ConfigError, InputError
+
+    if mode not in MODES:
+        raise ConfigError(f"adaptation mode {mode!r}: choose {', '.join(MODES)}")
+    if mode == "stream" and not has_neighbours:
+        raise InputError(f"{what} is a single image: the stream path needs a video, ordered frames (>= 3) or a "
+                         f"camera, whose neighbouring frames give the blur; use {single_hint}")
+    stream = mode == "stream" or (mode == "auto" and has_neighbours)
+    if motion_source_given and not stream:
+        raise ConfigError(f"a motion source applies to the stream path only; {what} takes the single-image path "
+                          "(the motion net's relative motion, SPEC) — drop the motion source")
+    return stream
 
 
 def register(app: typer.Typer) -> None:

@@ -9,9 +9,11 @@ from typing import Optional
 
 import torch
 
-from neurmap.core.errors import NeurmapError, from_known_keys
+from neurmap.core.errors import ConfigError, NeurmapError, from_known_keys
 
 PARAM_SETS = ("lora", "bias", "last", "all")
+#: where the stream path's blur motion comes from (see :mod:`.stream_adapt`); the single-image path always uses M
+MOTION_SOURCES = ("flow", "m", "fused")
 
 
 @dataclass
@@ -42,6 +44,31 @@ class AdaptConfig:
     min_blur_px: float = 1.0          # skip the round when M reads less blur than this in the held-out frames
     seed: int = 0
     device: str = "auto"              # "auto": cuda when available, else cpu
+    # stream path only (video / ordered frames, :mod:`.stream_adapt`)
+    motion_source: str = "flow"       # "flow" (neighbours' flow), "m" (vn M(B), absolute) or "fused" (M where it
+                                      # agrees with flow within fuse_band, else flow)
+    fuse_band: float = 2.0            # "fused": M's magnitude within [flow / band, flow · band] counts as agreeing
+    m_steps: int = 5                  # Adam steps of M toward the flow-derived blur before G (m / fused only)
+    m_lr: float = 1e-4
+    flow_points: int = 3              # velocity stencil: 3 (one flow per frame) or 5 (four; reads fast shake better)
+    flow_preset: str = "medium"       # DIS preset (ultrafast, fast, medium) and the scale flow is computed at
+    flow_scale: float = 1.0
+    reblur_space: str = "linear"      # "linear": R averages linear light, as a sensor does; "srgb": on the encoded values
+    loss_border: int = 16             # px of each crop's border the reblur loss leaves out (R samples zeros outside)
+
+    def __post_init__(self) -> None:
+        if self.motion_source not in MOTION_SOURCES:
+            raise ConfigError(f"--motion-source {self.motion_source!r}: choose {', '.join(MOTION_SOURCES)}")
+        if not float(self.fuse_band) > 1.0:
+            raise ConfigError(f"fuse_band {self.fuse_band:g} must be > 1 (M within [flow/band, flow·band] agrees)")
+        if self.reblur_space not in ("linear", "srgb"):
+            raise ConfigError(f"reblur_space {self.reblur_space!r}: choose linear or srgb")
+        if int(self.loss_border) < 0:
+            raise ConfigError(f"loss_border {self.loss_border} must be >= 0")
+        if self.flow_points not in (3, 5):
+            raise ConfigError(f"flow_points {self.flow_points}: the velocity stencil takes 3 or 5 frames")
+        if int(self.m_steps) < 0:
+            raise ConfigError(f"m_steps {self.m_steps} must be >= 0")
 
     @classmethod
     def from_dict(cls, d: dict) -> "AdaptConfig":

@@ -70,6 +70,7 @@ class RoundResult:
     params: str = ""
     lr: float = 0.0
     mu_sharp: list = field(default_factory=list)
+    motion: dict = field(default_factory=dict)    # stream path: the motion source, M's own round, fused share
 
     def as_dict(self) -> dict:
         d = {k: v for k, v in asdict(self).items() if k not in ("before", "after")}

@@ -75,7 +75,10 @@ def run(
     adapt: bool = typer.Option(False, "--adapt", help="Adapt the deblur net to this camera while streaming (guarded, "
                                "hot-swapped between frames; see `neurmap adapt --help`)."),
     adapt_opts: Optional[str] = typer.Option(None, "--adapt-opts", help="key=value,... for --adapt: motion=M, "
-                                             "weights=W, out=W2, steps=N, params=lora, every=F, duty=D, rounds=R, onnx=P."),
+                                             "weights=W, out=W2, steps=N, params=lora, every=F, duty=D, rounds=R, onnx=P; "
+                                             "mode=auto|stream|single (auto: a video, >= 3 ordered frames or a camera "
+                                             "adapt on neighbouring frames' flow, one image on the motion net), "
+                                             "motion_source=flow|m|fused and exposure=E for the stream path."),
 ) -> None:
     """Deblur a video, image folder, camera or stream with an exported engine, in real time or offline.
 

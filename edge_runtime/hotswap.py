@@ -45,17 +45,33 @@ class OnlineAdapter:
     frame in ``every``. A round starts once ``min_new`` new frames arrived since the last one (and the buffer
     holds held-out frames); ``duty`` < 1 sleeps after each step so adaptation takes at most that share of
     the time (the stream keeps the rest on a small CPU). Accepted weights are saved to ``out`` (atomically,
-    with provenance) before they are swapped in."""
+    with provenance) before they are swapped in.
+
+    ``stream``: a :class:`~.stream_adapt.StreamBuffer` the pipeline's capture feeds (a video, ordered frames
+    or a camera): rounds are then :class:`~.stream_adapt.StreamAdapter` rounds on frames with their
+    neighbours' flow (``cfg.motion_source``; M is adapted too for m / fused and saved with G). Without it,
+    one engine batch in ``every`` is tapped and rounds are the single-image path's."""
 
     def __init__(self, swapper: HotSwap, model: torch.nn.Module, motion: torch.nn.Module,
                  cfg: AdaptConfig | None = None, out: str | Path | None = None, every: int = 2,
                  min_new: int = 8, capacity: int = 24, duty: float = 1.0, max_rounds: Optional[int] = None,
-                 provenance: dict | None = None, on_event: Callable[[str], None] = lambda m: None) -> None:
+                 provenance: dict | None = None, on_event: Callable[[str], None] = lambda m: None,
+                 stream=None) -> None:
         self.cfg = cfg or AdaptConfig()
         self.swapper = swapper
-        self.adapter = Adapter(clone_model(model), motion, self.cfg)
-        self.motion = motion
-        self.buffer = FrameBuffer(capacity=capacity)
+        self.stream = stream
+        if stream is None:
+            self.adapter = Adapter(clone_model(model), motion, self.cfg)
+            self.buffer = FrameBuffer(capacity=capacity)
+            swapper.taps.append(self.observe)
+        else:
+            from .stream_adapt import StreamAdapter
+
+            own_m = self.cfg.motion_source != "flow"
+            self.adapter = StreamAdapter(clone_model(model), self.cfg, clone_model(motion) if own_m else None)
+            self.buffer = stream
+            stream.on_item = self._check_new
+        self.motion = self.adapter.M if self.adapter.M is not None else motion    # saved with G
         self.out = Path(out) if out else None
         self.every, self.min_new, self.duty = max(1, every), max(1, min_new), min(max(duty, 0.05), 1.0)
         self.max_rounds = max_rounds
@@ -68,7 +84,6 @@ class OnlineAdapter:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self.busy_s = 0.0
-        swapper.taps.append(self.observe)
         swapper.on_event = on_event          # a failed swap is reported; the stream keeps the old weights
         self.thread = threading.Thread(target=self._loop, name="neurmap-adapt", daemon=True)
         self.thread.start()
@@ -84,6 +99,9 @@ class OnlineAdapter:
             self.buffer.add(batch[0])
         except NeurmapError:
             return
+        self._check_new()
+
+    def _check_new(self) -> None:
         if self.buffer.seen - self._seen_at_round >= self.min_new:
             self._wake.set()
 
@@ -118,6 +136,9 @@ class OnlineAdapter:
                 if self.out is not None:
                     prov = {**self.provenance, "adapted_online": True, "rounds_accepted": self.adapter.rounds,
                             "config": self.cfg.as_dict(), "last_round": {k: info[k] for k in ("steps", "before", "after")}}
+                    if self.stream is not None:
+                        prov.update(mode="stream", motion_source=self.cfg.motion_source, stream=self.stream.stats(),
+                                    motion_round=info["motion"])
                     save_adapted(self.out, self.adapter.G, self.motion, prov,
                                  original=self.provenance.get("base_weights"))
                     info["saved"] = str(self.out)
@@ -141,7 +162,12 @@ class OnlineAdapter:
         self._wake.set()
         self.thread.join(timeout)
         self.swapper.detach()
-        return {"rounds": len(self.rounds), "accepted": sum(r["accepted"] for r in self.rounds),
-                "swaps": self.swapper.swaps, "frames_buffered": self.buffer.seen, "busy_s": round(self.busy_s, 2),
-                "out": str(self.out) if self.out else None, "error": self.error, "swap": self.swapper.stats(),
-                "config": self.cfg.as_dict(), "round_details": self.rounds}
+        out = {"rounds": len(self.rounds), "accepted": sum(r["accepted"] for r in self.rounds),
+               "swaps": self.swapper.swaps, "frames_buffered": self.buffer.seen, "busy_s": round(self.busy_s, 2),
+               "out": str(self.out) if self.out else None, "error": self.error, "swap": self.swapper.stats(),
+               "config": self.cfg.as_dict(), "round_details": self.rounds,
+               "mode": "single" if self.stream is None else "stream"}
+        if self.stream is not None:
+            self.stream.close()
+            out["stream"] = self.stream.stats()
+        return out

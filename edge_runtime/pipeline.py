@@ -192,6 +192,9 @@ class Pipeline:
         self.q_post, self.q_sink = queue.Queue(n), queue.Queue(n)
         self.threads: list[threading.Thread] = []
         self.closed = False
+        # called on the capture thread with (capture index, frame as the source gave it) for every frame, before
+        # any realtime drop: the stream path of --adapt needs each frame's real neighbours. Must return at once.
+        self.frame_taps: list[Callable[[int, Any], None]] = []
 
     # -- control --
     def close(self) -> None:
@@ -239,6 +242,8 @@ class Pipeline:
                 self.metrics.record("capture", t1 - t0)
                 self.metrics.count("captured")
                 frame, name = got
+                for tap in self.frame_taps:
+                    tap(index, frame)
                 self.q_pre.put(Item(index, name, frame, t1))
                 index += 1
                 if interval:
