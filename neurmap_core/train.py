@@ -68,6 +68,10 @@ class TrainConfig:
     lr_min_ratio: float = 0.0                # cosine floor, as a fraction of the lr
     ema_decay: float = 0.0                   # > 0: keep an EMA of G's (motion_only: M's) weights; final holds it
     workers: int = 0                         # > 0: batches synthesized in that many worker processes
+    # cpu: workers make the paired pairs whole; cuda: workers cut windows and draw parameters, the main process
+    # renders the blur in batch on the training device (data/device_synthesis.py; with device=cpu the same torch
+    # code on the CPU); auto: cuda when training on a GPU
+    synthesis_device: str = "cpu"
     teacher: str | None = None               # a stronger deblur net (weights); loss_weights.G_teacher > 0 uses it
 
     def __post_init__(self) -> None:
@@ -84,6 +88,9 @@ class TrainConfig:
             raise ConfigError(f"official_compat={self.official_compat!r}: use off, synthetic (D's real images all "
                               "sharp, as config_semi_syn.yaml) or real (sharp/blurry mix, the real-blur configs)")
         self.official_compat = oc
+        if self.synthesis_device not in ("cpu", "auto", "cuda"):
+            raise ConfigError(f"synthesis_device={self.synthesis_device!r}: use cpu (worker processes), cuda "
+                              "(rendered on the training device) or auto (cuda when training on a GPU)")
         if self.paired_only and self.motion_only:
             raise ConfigError("paired_only and motion_only exclude each other: paired_only trains only G, "
                               "motion_only only M; set one of them")
@@ -299,7 +306,7 @@ class Trainer:
         self.teacher = None
         if cfg.teacher:
             self.teacher = load_weights(cfg.teacher)[0].to(self.rt.device).eval().requires_grad_(False)
-        self.sampler = BatchSampler(cfg, self.rt.rank, self.rt.world)
+        self.sampler = BatchSampler(cfg, self.rt.rank, self.rt.world, device=self.rt.device)
         self.start = 0
         if resume:
             found = latest_checkpoint(self.run_dir, log)
@@ -359,7 +366,7 @@ class Trainer:
                                                   num_workers=cfg.workers, worker_init_fn=_one_thread,
                                                   prefetch_factor=4, persistent_workers=False)
         for it, cpu_batch in zip(range(self.start, total), batches):
-            batch = [b.to(dev, non_blocking=True) for b in cpu_batch]
+            batch = self.sampler.to_device(cpu_batch, dev)
             if cfg.channels_last:
                 batch = [b.contiguous(memory_format=torch.channels_last) for b in batch]
             named = dict(zip(self.sampler.names, batch))

@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import ConcatDataset, Dataset
 
 from . import data as D
+from .data import device_synthesis
 from .errors import NeurmapError
 
 if TYPE_CHECKING:
@@ -112,7 +113,7 @@ class BatchSampler:
     ``motion_only`` runs draw paired (with motion) and, when given, unpaired_blurry video with its motion.
     """
 
-    def __init__(self, cfg: TrainConfig, rank: int = 0, world: int = 1) -> None:
+    def __init__(self, cfg: TrainConfig, rank: int = 0, world: int = 1, device: Any = None) -> None:
         from .step import LossWeights
 
         d, w = cfg.data, LossWeights.from_dict(cfg.loss_weights)
@@ -132,6 +133,12 @@ class BatchSampler:
             if len(ds) == 0:
                 raise NeurmapError(f"data.{name} holds no images")
         self.cfg, self.rank, self.world = cfg, rank, world
+        # synthesis_device: the paired sources' blur rendered in the main process on the training device
+        self.device = torch.device(device if device is not None else "cpu")
+        sd = cfg.synthesis_device
+        self.deferred = sd == "cuda" or (sd == "auto" and self.device.type == "cuda")
+        if self.deferred:
+            device_synthesis.defer(self.sources["paired"])
         self.names = ["paired_blurry", "paired_sharp"]
         if cfg.motion_only:
             self.names += ["paired_motion"] + (["unpaired_blurry", "unpaired_motion"] if len(roles) > 1 else [])
@@ -147,8 +154,9 @@ class BatchSampler:
     def batch(self, it: int) -> tuple[torch.Tensor, ...]:
         g = torch.Generator().manual_seed(self.cfg.seed * 7_919 + it)
         p = self._draw(self.sources["paired"], self.cfg.batch_paired, g, it)
-        out = {"paired_blurry": [x["blurry"] for x in p], "paired_sharp": [x["sharp"] for x in p]}
-        if "paired_motion" in self.names:
+        out = {} if self.deferred else {"paired_blurry": [x["blurry"] for x in p],
+                                        "paired_sharp": [x["sharp"] for x in p]}
+        if "paired_motion" in self.names and not self.deferred:
             out["paired_motion"] = [_motion(x, "paired") for x in p]
         if "unpaired_blurry" in self.names:
             u = self._draw(self.sources["unpaired_blurry"], self.cfg.batch_unpaired, g, it)
@@ -158,7 +166,20 @@ class BatchSampler:
                 out["unpaired_sharp"] = [_image(x, "sharp") for x in s]
             if "unpaired_motion" in self.names:
                 out["unpaired_motion"] = [_motion(x, "unpaired_blurry") for x in u]
+        if self.deferred:      # the paired recipes packed first, rendered by to_device
+            return (device_synthesis.pack(p),) + tuple(torch.stack(out[k]) for k in self.names if k in out)
         return tuple(torch.stack(out[k]) for k in self.names)
+
+    def to_device(self, cpu_batch: tuple, device: Any) -> list[torch.Tensor]:
+        """One :meth:`batch` on the training device, in ``names`` order; deferred paired pairs rendered there."""
+        if not self.deferred:
+            return [b.to(device, non_blocking=True) for b in cpu_batch]
+        r = device_synthesis.render(cpu_batch[0], device)
+        done = {"paired_blurry": r["blurry"], "paired_sharp": r["sharp"]}
+        if "paired_motion" in self.names:
+            done["paired_motion"] = _motion(r, "paired")
+        rest = iter(cpu_batch[1:])
+        return [done[k] if k in done else next(rest).to(device, non_blocking=True) for k in self.names]
 
 
 class _Batches(Dataset):

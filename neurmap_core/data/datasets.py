@@ -199,6 +199,7 @@ class SynthesizedGoPro(_SeededDataset):
             )
         self.transform = RandomCropFlip(crop_size, flip=flip, resize=resize)
         self.seed = seed
+        self.deferred = False    # True: cached windows come back as 8-bit frames to average on the training device
 
     def __len__(self) -> int:
         return self.hi - self.lo - min(self.lengths) + 1
@@ -240,8 +241,14 @@ class SynthesizedGoPro(_SeededDataset):
             top = int(torch.randint(0, ih - ch + 1, (1,), generator=g))
             left = int(torch.randint(0, iw - cw + 1, (1,), generator=g))
             frames = [f[:, top:top + ch, left:left + cw] for f in frames]
-        stack = torch.stack(frames).float().div_(255.0)
-        if self.flip and bool(torch.rand((), generator=g) < 0.5):
+        stack = torch.stack(frames)
+        flip = self.flip and bool(torch.rand((), generator=g) < 0.5)
+        if self.deferred:      # the training device averages the (flipped) 8-bit frames (device_synthesis)
+            stack = stack.flip(-1) if flip else stack
+            return {"recipe": "gopro", "frames": stack,
+                    **({"motion": window_motion(stack.float().div_(255.0))} if self.motion else {})}
+        stack = stack.float().div_(255.0)
+        if flip:
             stack = stack.flip(-1)
         return self._item(stack)
 

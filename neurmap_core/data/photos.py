@@ -33,8 +33,8 @@ import torch
 from ..errors import InputError
 from .datasets import _SeededDataset
 from .io import PathLike, list_images
-from .synthesis import (affine_blur_motion, affine_matrix, kernel_blur, linear_to_srgb, random_motion_field,
-                        srgb_to_linear)
+from .synthesis import (affine_blur_motion, affine_matrix, draw_motion_field, kernel_blur, linear_to_srgb,
+                        motion_fields, srgb_to_linear)
 
 HELDOUT_FRACTION = 0.1
 
@@ -119,9 +119,18 @@ def _orient(a: np.ndarray, flip: bool, k: int, motion: bool = False) -> np.ndarr
 
 def camera_noise(x: np.ndarray, rng: np.random.Generator, shot: float, read: float) -> np.ndarray:
     """Poisson–Gaussian noise on a [0, 1] sRGB image (variance ``shot·x + read²``, in linear light)."""
+    return add_camera_noise(x, rng.standard_normal(x.shape).astype(np.float32), shot, read)
+
+
+def add_camera_noise(x, z, shot, read):
+    """:func:`camera_noise` with its standard normal draw ``z`` given: numpy (H,W,C), or torch (B,C,H,W) with
+    per-item ``shot``/``read`` shaped to broadcast — the device path noises a batch with the workers' draws."""
     lin = srgb_to_linear(x)
-    sigma = np.sqrt(np.maximum(shot * lin + read * read, 0.0))
-    return linear_to_srgb(np.clip(lin + sigma * rng.standard_normal(lin.shape).astype(np.float32), 0.0, 1.0))
+    if isinstance(lin, np.ndarray):
+        sigma = np.sqrt(np.maximum(shot * lin + read * read, 0.0))
+        return linear_to_srgb(np.clip(lin + sigma * z, 0.0, 1.0))
+    sigma = (shot * lin + read * read).clamp_min(0.0).sqrt()
+    return linear_to_srgb((lin + sigma * z).clamp(0.0, 1.0))
 
 
 def jpeg(x: np.ndarray, quality: int) -> np.ndarray:
@@ -158,6 +167,7 @@ class PhotoPairs(_SeededDataset):
         self.p_sharp, self.degrade, self.scale = float(p_sharp), bool(degrade), tuple(map(float, scale))
         self.items_per_photo, self.seed = int(items_per_photo), seed
         self.cache: Optional[dict] = {} if cache else None     # decoded 8-bit photos (~1 MB each), per process
+        self.deferred = False      # True: items are recipes the training device renders (device_synthesis.defer)
 
     def _photo(self, k: int) -> np.ndarray:
         if self.cache is None:
@@ -175,7 +185,7 @@ class PhotoPairs(_SeededDataset):
         return np.random.default_rng(seed)
 
     def _window(self, img: np.ndarray, rng: np.random.Generator, margin: int) -> np.ndarray:
-        """Rescale a little, then cut crop + margin (mirrored where the photo is too small)."""
+        """Rescale a little, then cut crop + margin (mirrored where the photo is too small); uint8."""
         s = rng.uniform(*self.scale)
         if s < 0.999:
             img = cv2.resize(img, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
@@ -185,9 +195,14 @@ class PhotoPairs(_SeededDataset):
             img = cv2.copyMakeBorder(img, ph // 2, ph - ph // 2, pw // 2, pw - pw // 2, cv2.BORDER_REFLECT_101)
         top = int(rng.integers(0, img.shape[0] - need + 1))
         left = int(rng.integers(0, img.shape[1] - need + 1))
-        return img[top:top + need, left:left + need].astype(np.float32) / 255.0
+        return img[top:top + need, left:left + need]
 
-    def __getitem__(self, index: int) -> dict:
+    def draw(self, index: int) -> dict:
+        """Item ``index``'s window (uint8, crop + 2·margin square) and every random choice that makes its pair, in
+        the order the item's generator gives them: the CPU path (:meth:`render`) and the device path
+        (:mod:`.device_synthesis`) draw the same parameters. Keys: kind, margin, window, gain (shake, None = no
+        clipped highlights), centre and poses (shake), field (kernel: :func:`draw_motion_field`'s), noise (None
+        or (shot, read, standard normal (crop, crop, 3) float32)), jpeg (None or the quality), flip, k."""
         i = self._check_index(index)
         rng = self._rng(i)
         img = self._photo(i // self.items_per_photo)
@@ -196,33 +211,49 @@ class PhotoPairs(_SeededDataset):
         length *= rng.uniform(*self.exposure) / max(self.exposure)
         kind = self.blur if self.blur != "mix" else ("shake" if rng.random() < 0.5 else "kernel")
         margin = int(math.ceil(self.max_px)) + 2
-        win = self._window(img, rng, margin)
-        c = slice(margin, margin + self.crop)
+        d = {"kind": kind, "margin": margin, "window": self._window(img, rng, margin), "gain": None, "noise": None,
+             "jpeg": None}
         if kind == "shake":
-            lin = srgb_to_linear(win)
             if self.degrade and rng.random() < 0.3:                   # lights and sky: clip after integration
-                gain = rng.uniform(1.5, 4.0)
-                lin = np.where(lin > 0.8, lin * gain, lin).astype(np.float32)
+                d["gain"] = rng.uniform(1.5, 4.0)
             n = max(9, int(math.ceil(length * 1.5)) | 1)
-            centre = (float(rng.uniform(-2, 3) * self.crop), float(rng.uniform(-2, 3) * self.crop))
-            b, s, *m = render_shake(lin, shake_path(rng, length, self.max_rot * length / self.max_px, n), centre,
-                                    motion=self.motion)
+            d["centre"] = (float(rng.uniform(-2, 3) * self.crop), float(rng.uniform(-2, 3) * self.crop))
+            d["poses"] = shake_path(rng, length, self.max_rot * length / self.max_px, n)
+        else:
+            g = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
+            side = d["window"].shape[0]
+            d["field"] = draw_motion_field(side, side, generator=g, max_px=max(length, 0.1), min_px=0.6 * length)
+        if self.degrade:
+            if rng.random() < 0.7:
+                shot, read = rng.uniform(0, 4e-3), rng.uniform(0, 8e-3)
+                d["noise"] = (shot, read, rng.standard_normal((self.crop, self.crop, 3)).astype(np.float32))
+            if rng.random() < 0.5:
+                d["jpeg"] = int(rng.integers(60, 96))
+        d["flip"] = rng.random() < 0.5
+        d["k"] = int(rng.integers(0, 4))
+        return d
+
+    def render(self, d: dict) -> dict:
+        """The pair of one :meth:`draw`, made on the CPU (OpenCV warps): what a worker process makes by default."""
+        win, c = d["window"].astype(np.float32) / 255.0, slice(d["margin"], d["margin"] + self.crop)
+        if d["kind"] == "shake":
+            lin = srgb_to_linear(win)
+            if d["gain"] is not None:
+                lin = np.where(lin > 0.8, lin * d["gain"], lin).astype(np.float32)
+            b, s, *m = render_shake(lin, d["poses"], d["centre"], motion=self.motion)
             blurry, sharp = linear_to_srgb(np.clip(b, 0, 1)[c, c]), linear_to_srgb(np.clip(s, 0, 1)[c, c])
         else:
             t = torch.from_numpy(win.transpose(2, 0, 1).copy())
-            g = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
-            field = random_motion_field(t.shape[1], t.shape[2], generator=g, max_px=max(length, 0.1),
-                                        min_px=0.6 * length)
+            field = motion_fields([d["field"]])[0]
             blurry = kernel_blur(t, field, border="replicate").clamp(0, 1).numpy().transpose(1, 2, 0)[c, c]
             sharp = win[c, c]
             m = [field.numpy()]
-        if self.degrade:
-            if rng.random() < 0.7:
-                blurry = camera_noise(blurry, rng, shot=rng.uniform(0, 4e-3), read=rng.uniform(0, 8e-3))
-            if rng.random() < 0.5:
-                blurry = jpeg(blurry, int(rng.integers(60, 96)))
-        flip = rng.random() < 0.5
-        k = int(rng.integers(0, 4))
+        if d["noise"] is not None:
+            shot, read, z = d["noise"]
+            blurry = add_camera_noise(blurry, z, shot, read)
+        if d["jpeg"] is not None:
+            blurry = jpeg(blurry, d["jpeg"])
+        flip, k = d["flip"], d["k"]
         blurry, sharp = _orient(blurry, flip, k), _orient(sharp, flip, k)
         as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1), dtype=np.float32))
         out = {"blurry": as_t(blurry).clamp_(0, 1), "sharp": as_t(sharp).clamp_(0, 1)}
@@ -230,6 +261,17 @@ class PhotoPairs(_SeededDataset):
             out["motion"] = as_t(_orient(m[0].transpose(1, 2, 0)[c, c], flip, k, motion=True))
         return out
 
+    def recipe(self, d: dict) -> dict:
+        """One :meth:`draw` for the device path (:mod:`.device_synthesis`): the window turned by the draw's
+        mirror and quarter turn (the blur parameters are symmetric under them, so the pairs keep their
+        distribution), the pair left to the training device."""
+        d = dict(d, window=np.ascontiguousarray(_orient(d["window"], d["flip"], d["k"])))
+        return {"recipe": d["kind"], "want_motion": self.motion, "crop": self.crop, **d}
 
-__all__ = ["PhotoPairs", "photo_split", "is_heldout", "shake_path", "render_shake", "camera_noise", "jpeg",
-           "HELDOUT_FRACTION"]
+    def __getitem__(self, index: int) -> dict:
+        d = self.draw(index)
+        return self.recipe(d) if self.deferred else self.render(d)
+
+
+__all__ = ["PhotoPairs", "photo_split", "is_heldout", "shake_path", "render_shake", "camera_noise", "add_camera_noise",
+           "jpeg", "HELDOUT_FRACTION"]

@@ -245,7 +245,16 @@ def random_motion_field(
     larger side) carrying its own constant motion of up to ``max_px``. Each layer is a convex blend
     of vectors bounded by ``max_px``, so ``|20 * field| <= max_px`` everywhere. Drawn with
     ``generator`` (torch's default when None), so a seeded generator reproduces the field.
+    The draw (:func:`draw_motion_field`) and the evaluation (:func:`motion_fields`) are apart so a batch of
+    drawn fields can be evaluated on the training device.
     """
+    return motion_fields([draw_motion_field(h, w, generator, max_px, min_px, n_regions, region_size)])[0]
+
+
+def draw_motion_field(h: int, w: int, generator: Optional[torch.Generator] = None, max_px: float = 20.0,
+                      min_px: float = 2.0, n_regions: tuple[int, int] = (0, 3),
+                      region_size: tuple[float, float] = (0.12, 0.35)) -> dict:
+    """The random numbers of one :func:`random_motion_field` (a small dict of floats, no image-sized array)."""
     h, w = int(h), int(w)
     if h < 1 or w < 1:
         raise InputError(f"motion field size must be positive, got {h}x{w}")
@@ -253,47 +262,63 @@ def random_motion_field(
         raise InputError(f"max_px must be >= 0, got {max_px}")
     min_px = min(max(float(min_px), 0.0), float(max_px))
     g = generator
-    dt = torch.float64
     s = max(h, w) / 2.0
-    v = ((torch.arange(h, dtype=dt) - (h - 1) / 2.0) / s).view(h, 1).expand(h, w)   # ~[-1, 1]
-    u = ((torch.arange(w, dtype=dt) - (w - 1) / 2.0) / s).view(1, w).expand(h, w)
-
     # global camera motion: translation + rotation + zoom about a random centre
     r = _uniform(g, -1.0, 1.0, 8)
     cy, cx = 0.5 * r[0].item() * (h / (2 * s)), 0.5 * r[1].item() * (w / (2 * s))
     ang = math.pi * r[2].item()
     trans = abs(r[3].item())
-    rot = r[4].item()
-    zoom = 0.6 * r[5].item()
-    dv, du = v - cy, u - cx
-    gy = trans * math.sin(ang) + rot * du + zoom * dv
-    gx = trans * math.cos(ang) - rot * dv + zoom * du
-    field = torch.stack((gy, gx))                                       # (2,H,W), arbitrary scale
-    peak = field.norm(dim=0).max().clamp_min(1e-12)
-    mag = min_px + (max_px - min_px) * _uniform(g).item()
-    field = field * (mag / peak)
-
-    # moving regions, layered (later ones in front)
+    glob = [cy, cx, trans * math.sin(ang), trans * math.cos(ang), r[4].item(), 0.6 * r[5].item()]
+    glob.append(min_px + (max_px - min_px) * _uniform(g).item())       # peak magnitude
+    # moving regions, layered (later ones in front): centre, radii, orientation, constant motion
     k_lo, k_hi = (int(n) for n in n_regions)
     k = int(torch.randint(max(k_lo, 0), max(k_hi, k_lo, 0) + 1, (1,), generator=g).item()) if k_hi > 0 else 0
+    regions = []
     for _ in range(k):
         p = _uniform(g, 0.0, 1.0, 7)
-        py = (p[0].item() - 0.5) * (h / s)
-        px = (p[1].item() - 0.5) * (w / s)
-        ry = 2.0 * (region_size[0] + (region_size[1] - region_size[0]) * p[2].item())
-        rx = 2.0 * (region_size[0] + (region_size[1] - region_size[0]) * p[3].item())
-        th = math.pi * p[4].item()
-        a = 2.0 * math.pi * p[5].item()
-        m = max_px * (0.2 + 0.8 * p[6].item())
-        yy, xx = v - py, u - px
-        e1 = (xx * math.cos(th) + yy * math.sin(th)) / rx
-        e2 = (-xx * math.sin(th) + yy * math.cos(th)) / ry
-        alpha = torch.exp(-0.5 * (e1 * e1 + e2 * e2) ** 2 * 4.0)            # smooth, flat-topped blob
-        vec = torch.tensor([m * math.sin(a), m * math.cos(a)], dtype=dt).view(2, 1, 1)
-        field = (1.0 - alpha) * field + alpha * vec
+        th, a, m = math.pi * p[4].item(), 2.0 * math.pi * p[5].item(), max_px * (0.2 + 0.8 * p[6].item())
+        regions.append([(p[0].item() - 0.5) * (h / s), (p[1].item() - 0.5) * (w / s),
+                        2.0 * (region_size[0] + (region_size[1] - region_size[0]) * p[2].item()),
+                        2.0 * (region_size[0] + (region_size[1] - region_size[0]) * p[3].item()),
+                        math.cos(th), math.sin(th), m * math.sin(a), m * math.cos(a)])
+    return {"h": h, "w": w, "max_px": float(max_px), "global": glob, "regions": regions}
 
-    norm = field.norm(dim=0, keepdim=True)
-    field = torch.where(norm > max_px, field * (max_px / norm.clamp_min(1e-12)), field)
+
+def motion_fields(draws: Sequence[dict], device=None) -> torch.Tensor:
+    """Evaluate drawn fields (:func:`draw_motion_field`, all of one size) at once: (B,2,H,W) float32 on ``device``.
+
+    Evaluated in float64 with the very operations :func:`random_motion_field` always used, so one draw gives
+    the same bits as before; items with fewer moving regions get blend weight 0 for the missing ones."""
+    h, w = draws[0]["h"], draws[0]["w"]
+    if any((d["h"], d["w"]) != (h, w) for d in draws):
+        raise InputError("motion_fields evaluates fields of one size at a time")
+    dt, b = torch.float64, len(draws)
+    col = lambda vals: torch.tensor(vals, dtype=dt, device=device).view(b, -1, 1, 1).unbind(1)
+    s = max(h, w) / 2.0
+    v = ((torch.arange(h, dtype=dt, device=device) - (h - 1) / 2.0) / s).view(1, h, 1).expand(1, h, w)   # ~[-1, 1]
+    u = ((torch.arange(w, dtype=dt, device=device) - (w - 1) / 2.0) / s).view(1, 1, w).expand(1, h, w)
+    cy, cx, ty, tx, rot, zoom, mag = col([d["global"] for d in draws])
+    dv, du = v - cy, u - cx
+    gy = ty + rot * du + zoom * dv
+    gx = tx - rot * dv + zoom * du
+    field = torch.stack((gy, gx), 1)                                    # (B,2,H,W), arbitrary scale
+    peak = field.norm(dim=1).amax(dim=(-2, -1)).clamp_min(1e-12).view(b, 1, 1, 1)
+    field = field * (peak.reciprocal() * mag[:, None])                  # python's mag / peak
+    for j in range(max(len(d["regions"]) for d in draws)):
+        have = [j < len(d["regions"]) for d in draws]
+        py, px, ry, rx, cth, sth, my, mx = col([d["regions"][j] if ok else [0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0]
+                                                for d, ok in zip(draws, have)])
+        yy, xx = v - py, u - px
+        e1 = (xx * cth + yy * sth) / rx
+        e2 = (-xx * sth + yy * cth) / ry
+        alpha = torch.exp(-0.5 * (e1 * e1 + e2 * e2) ** 2 * 4.0)            # smooth, flat-topped blob
+        if not all(have):
+            alpha = alpha * torch.tensor(have, dtype=dt, device=device).view(b, 1, 1)
+        alpha = alpha[:, None]
+        field = (1.0 - alpha) * field + alpha * torch.stack((my, mx), 1)
+    max_px = col([[d["max_px"]] for d in draws])[0][:, None]
+    norm = field.norm(dim=1, keepdim=True)
+    field = torch.where(norm > max_px, field * (norm.clamp_min(1e-12).reciprocal() * max_px), field)
     return (field / MOTION_SCALE).to(torch.float32)
 
 
