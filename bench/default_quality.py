@@ -45,20 +45,29 @@ def gopro_heldout(data: Path = DATA) -> tuple[torch.Tensor, torch.Tensor]:
     return tuple(torch.stack(t) for t in zip(*[pairs[i] for i in range(len(pairs))]))
 
 
+def photo_pairs(blur: str, degrade: bool = False, data: Path = DATA) -> tuple[torch.Tensor, torch.Tensor]:
+    """(blurry, sharp), each (71, 3, 256, 256): one ``blur`` pair per held-out photo, the same every run."""
+    ds = PhotoPairs(data / "sharp_photos", crop_size=256, split="heldout", blur=blur, p_sharp=0.0, degrade=degrade,
+                    scale=(0.8, 1.0), seed=12_345)
+    items = [ds[i] for i in range(len(ds))]
+    return torch.stack([x["blurry"] for x in items]), torch.stack([x["sharp"] for x in items])
+
+
+def shake_clips(data: Path = DATA, n_clips: int = 12) -> tuple[torch.Tensor, torch.Tensor]:
+    """(blurry, sharp), each (8 * n_clips, 3, 256, 256): handheld camera-shake clips of held-out photos."""
+    held = photo_split(data / "sharp_photos", "heldout")
+    clips = [camera_shake_clip(str(held[(7 * k) % len(held)]), n_frames=8, size=(256, 256), max_blur_px=15.0,
+                               seed=100 + k) for k in range(n_clips)]
+    return torch.cat([c[0] for c in clips]), torch.cat([c[1] for c in clips])
+
+
 def heldout_sources(data: Path = DATA, n_clips: int = 12) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """name -> (blurry, sharp) stacks; the same pairs every run."""
     out = {"gopro_80_119": gopro_heldout(data)}
-    photos = data / "sharp_photos"
     for name, blur, degrade in (("photo_shake", "shake", False), ("photo_kernel", "kernel", False),
                                 ("photo_shake_camera", "shake", True)):
-        ds = PhotoPairs(photos, crop_size=256, split="heldout", blur=blur, p_sharp=0.0, degrade=degrade,
-                        scale=(0.8, 1.0), seed=12_345)
-        items = [ds[i] for i in range(len(ds))]
-        out[name] = (torch.stack([x["blurry"] for x in items]), torch.stack([x["sharp"] for x in items]))
-    held = photo_split(photos, "heldout")
-    clips = [camera_shake_clip(str(held[(7 * k) % len(held)]), n_frames=8, size=(256, 256), max_blur_px=15.0,
-                               seed=100 + k) for k in range(n_clips)]
-    out["shake_clips"] = (torch.cat([c[0] for c in clips]), torch.cat([c[1] for c in clips]))
+        out[name] = photo_pairs(blur, degrade, data)
+    out["shake_clips"] = shake_clips(data, n_clips)
     return out
 
 

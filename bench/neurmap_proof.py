@@ -1,18 +1,35 @@
-"""Does NeurMAP work? (a) paired-only vs (b) NeurMAP (paired + unpaired), same iterations, same start.
+"""Does NeurMAP work? (a) paired-only vs (b) NeurMAP with the motion prior: same start, data, iterations, lr.
 
-Start: the official DMPHN 1-2-4 weights (../shared/data/pretrained/dmphn_1_2_4). Paired data: GoPro-protocol
-pairs from gopro240 frames 0-79. Unpaired blurry: a blur the paired set never shows — kernel-synthesized
-blur of frames 80-99 and the real `car` frames 0-39. Held out for evaluation: kernel blur of frames 100-119
-(whole frames at 640x360: PSNR, SSIM, LPIPS) and car frames 40-59 (NIQE). Writes bench/results/neurmap_proof.json.
+Start (``--backbone``): ``dmphn_1_2_4``, the official DMPHN 1-2-4 weights (../shared/data/pretrained/dmphn_1_2_4),
+or ``default``, the shipped compact deblur net (the model users get; ~24x cheaper per G iteration on a CPU).
 
-    python bench/neurmap_proof.py [--iterations 60] [--warmup 60] [--crop 128] [--precision bf16]
-        [--motion runs/motion/motion_pretrained.safetensors [--motion-lr 0]] [--name neurmap_proof]
+Training data. Both runs: GoPro-protocol pairs of gopro240 frames 0-79. (b) adds SPEC's unpaired half:
+unpaired blurry = kernel-synthesized blur of gopro240 frames 80-99 and the real handheld ``car`` frames 0-39,
+blurs the paired set never shows (synthetic spatially varying kernels; real camera shake of another scene),
+and unpaired sharp = frames 0-79. None of it is an evaluation frame or photo (below).
 
-With ``--warmup N`` a third run, (b') NeurMAP after N warm-up iterations of M and D alone (G frozen), tests the
-explanation for (b) losing: a fresh motion net reads almost no motion, so the reblur term pulls G toward the
-identity. ``--motion`` adds (b''): M starts from a pre-trained motion net (experiments/motion_pretrain.py) instead of
-Xavier init. Every trained run also reports what its motion net reads on the held-out kernel blur (mean |motion|,
-error against the known field, in pixels).
+The motion prior in (b): M starts from ``--motion`` (default: the shipped motion net, i.e. configs/motion.yaml's
+M once it ships; until then pass ``--motion runs/motion/final.safetensors``), and M's step adds, beside SPEC's M
+terms, ``M_video`` (``--w-video``): sign-invariant L1 against the flow-derived blur of the car frames 0-39
+(``video_flow``; exposure estimated on those 40 frames only), and ``M_supervised`` (``--w-supervised``) against
+the known blur of the pairs (gopro240 ``motion: true``: DIS flow between each window's sharp frames). The kernel
+blurred unpaired frames give M no target (``motion: false``): their field is ground truth, which unpaired data
+does not have. The defaults (1.0, 0.5) are configs/motion.yaml's weights, set before any proof run; nothing here
+is tuned on the evaluation sets. ``--spec`` adds (b0): NeurMAP as SPEC has it (fresh M, no prior), the old (b).
+
+Held out for evaluation (never drawn in training by either run, nor by the shipped G or M):
+* ``gopro_kernel``: kernel blur of gopro240 frames 100-119 (every 3rd, whole frames at 640x360): PSNR, SSIM, LPIPS
+* ``photo_kernel``: kernel blur of the held-out photos (photo_split 'heldout', 256², bench/default_quality.py)
+* ``shake_clips``: handheld camera-shake clips of held-out photos (bench/default_quality.shake_clips, 256²)
+* ``car``: real car frames 40-59 (every 3rd, centre 360x640): NIQE (no reference)
+(b) beats (a) when it has a higher PSNR and a lower LPIPS on each blurred set and a lower NIQE on car.
+Writes bench/results/NAME.json: a row per (model, set), the start M's and each run's motion reading on
+gopro_kernel (mean |motion| read vs the known field, pixels), train seconds and the verdict.
+
+    python bench/neurmap_proof.py [--backbone default|dmphn_1_2_4] [--iterations 60] [--motion PATH]
+        [--w-video 0.5] [--w-supervised 1.0] [--device auto] [--eval-n N] [--name neurmap_proof]
+
+``config``, ``held_out``, ``score`` and ``motion_reading`` keep their old form for experiments/ and bf16_quality.
 """
 from __future__ import annotations
 
@@ -24,6 +41,7 @@ import torch
 from torch.utils.data import Subset
 
 from common import report
+from default_quality import photo_pairs, shake_clips
 from neurmap.core import load_motion, load_weights
 from neurmap.core.data import KernelBlurred, UnpairedFolder, frame_source
 from neurmap.core.evaluate import evaluate
@@ -33,22 +51,39 @@ from neurmap.core.train import TrainConfig, run_training
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 GOPRO = SHARED / "gopro240" / "GOPR0477_11_00"
 CAR = SHARED / "real_video" / "car"
+BACKBONES = {"dmphn_1_2_4": ("dmphn_1_2_4", str(SHARED / "pretrained" / "dmphn_1_2_4")),
+             "default": ("compact", "default")}
+BLURRED = ("gopro_kernel", "photo_kernel", "shake_clips")
+FULL_REF = ("psnr", "ssim", "lpips")
+LR = {"lr_G": 5e-5, "lr_M": 1e-4, "lr_D": 1e-4}     # SPEC's
 
 
-def config(out: Path, paired_only: bool, args, warmup: int = 0, motion: str | None = None) -> TrainConfig:
-    extra = {"lr_M": args.motion_lr} if motion and args.motion_lr is not None else {}
-    return TrainConfig.from_dict(dict(**extra,
-        backbone="dmphn_1_2_4", init_weights=str(SHARED / "pretrained" / "dmphn_1_2_4"), output_dir=str(out),
-        iterations=args.iterations, crop=args.crop, checkpoint_every=max(args.iterations // 2, 1),
-        tensorboard=False, precision=args.precision, channels_last=True, paired_only=paired_only, seed=0,
-        warmup_iterations=warmup, init_motion=motion,
-        data={"paired": {"type": "gopro240", "path": str(GOPRO), "frame_range": [0, 80], "n_frames": [7, 13]},
-              "unpaired_blurry": [{"type": "kernel", "path": str(GOPRO), "frame_range": [80, 100]},
-                                  {"type": "folder", "path": str(CAR), "frame_range": [0, 40]}],
+def config(out: Path, paired_only: bool, args, warmup: int = 0, motion: str | None = None,
+           prior: bool = False) -> TrainConfig:
+    """One run's config. ``args`` needs iterations, crop, precision; the other flags default to the old proof
+    (DMPHN 1-2-4, batch 2+2, SPEC's lrs). ``prior``: (b)'s M_video / M_supervised terms and their targets."""
+    opt = lambda key, default: getattr(args, key, default)  # noqa: E731
+    backbone, init = BACKBONES[opt("backbone", "dmphn_1_2_4")]
+    w_sup, w_vid = (opt("w_supervised", 1.0), opt("w_video", 0.5)) if prior else (0.0, 0.0)
+    lrs = {k: v * opt("lr_scale", 1.0) for k, v in LR.items()}
+    if motion and opt("motion_lr", None) is not None:
+        lrs["lr_M"] = args.motion_lr
+    car = {"type": "video_flow" if w_vid else "folder", "path": str(CAR), "frame_range": [0, 40]}
+    return TrainConfig.from_dict(dict(**lrs,
+        backbone=backbone, init_weights=init, output_dir=str(out), iterations=args.iterations, crop=args.crop,
+        checkpoint_every=max(args.iterations // 2, 1), tensorboard=False, precision=args.precision,
+        channels_last=True, paired_only=paired_only, seed=0, warmup_iterations=warmup, init_motion=motion,
+        device=opt("device", "auto"), workers=opt("workers", 0), batch_paired=opt("batch_paired", 2),
+        batch_unpaired=opt("batch_unpaired", 2), loss_weights={"M_supervised": w_sup, "M_video": w_vid},
+        data={"paired": {"type": "gopro240", "path": str(GOPRO), "frame_range": [0, 80], "n_frames": [7, 13],
+                         "cache": True, "motion": bool(w_sup)},
+              "unpaired_blurry": [{"type": "kernel", "path": str(GOPRO), "frame_range": [80, 100], "motion": False},
+                                  car],
               "unpaired_sharp": {"type": "folder", "path": str(GOPRO), "frame_range": [0, 80]}}))
 
 
 def held_out():
+    """The old proof's two sets: (kernel blur of gopro240 frames 100-119, car frames 40-59)."""
     frames = frame_source(GOPRO)
     # whole frames at 640x360 (random crops of this clip are mostly flat water), blurred after resizing
     kernel = KernelBlurred([frames[i] for i in range(100, 120, 3)], resize=(360, 640), seed=1234)
@@ -56,77 +91,113 @@ def held_out():
     return kernel, car
 
 
+def held_out_sets(n_clips: int = 12) -> dict:
+    """Every evaluation set by name (module docstring); the same items every run."""
+    kernel, car = held_out()
+    return {"gopro_kernel": kernel, "photo_kernel": list(zip(*photo_pairs("kernel"))),
+            "shake_clips": list(zip(*shake_clips(n_clips=n_clips))), "car": car}
+
+
+def score_sets(weights, sets: dict, device: str = "cpu", max_images: int | None = None) -> list[dict]:
+    """One row per set: the output's and the input's means (full-reference metrics, or NIQE on ``car``)."""
+    model = load_weights(weights)[0].to(device)
+    rows = []
+    for name, data in sets.items():
+        metrics, crop = (("niqe",), (360, 640)) if name == "car" else (FULL_REF, None)
+        r = evaluate(model, data, metrics=metrics, crop=crop, max_images=max_images, progress=False)
+        rows.append({"set": name, "n": r["data"]["n_evaluated"], **{m: r["means"]["output"][m] for m in metrics},
+                     **{f"input_{m}": r["means"]["input"][m] for m in metrics}})
+    return rows
+
+
+def score(weights, kernel, car) -> dict:
+    """The old proof's row: PSNR/SSIM/LPIPS on kernel blur, NIQE on car."""
+    k, c = score_sets(weights, {"gopro_kernel": kernel, "car": car})
+    return {**{m: k[m] for m in FULL_REF}, "niqe_car": c["niqe"], "input_psnr": k["input_psnr"],
+            "input_lpips": k["input_lpips"], "input_niqe_car": c["input_niqe"]}
+
+
 @torch.no_grad()
-def motion_reading(weights, kernel) -> dict:
-    """What the run's motion net reads on the held-out kernel blur (pixels): mean |motion| and its error."""
-    M = load_motion(weights).eval()
+def motion_reading(weights, kernel, device: str = "cpu") -> dict:
+    """What a motion net (a checkpoint's, or a shipped name's) reads on the held-out kernel blur (pixels): mean
+    |motion| against the known field's, and its error."""
+    M = load_motion(weights).eval().to(device)
     items = [kernel[i] for i in range(len(kernel))]
-    blurry = torch.stack([it["blurry"] for it in items])
-    truth = canonical_motion(torch.stack([it["motion"] for it in items]))
+    blurry = torch.stack([it["blurry"] for it in items]).to(device)
+    truth = canonical_motion(torch.stack([it["motion"] for it in items]).to(device))
     m = torch.cat([canonical_motion(M(blurry[i:i + 2]).float()) for i in range(0, len(blurry), 2)])
     return {"motion_read_px": float(20 * m.abs().mean()), "motion_true_px": float(20 * truth.abs().mean()),
             "motion_err_px": float(20 * (m - truth).abs().mean())}
 
 
-def score(weights, kernel, car) -> dict:
-    model, _ = load_weights(weights)
-    k = evaluate(model, kernel, metrics=("psnr", "ssim", "lpips"), progress=False)
-    c = evaluate(model, car, metrics=("niqe",), crop=(360, 640), progress=False)
-    return {"psnr": k["means"]["output"]["psnr"], "ssim": k["means"]["output"]["ssim"],
-            "lpips": k["means"]["output"]["lpips"], "niqe_car": c["means"]["output"]["niqe"],
-            "input_psnr": k["means"]["input"]["psnr"], "input_lpips": k["means"]["input"]["lpips"],
-            "input_niqe_car": c["means"]["input"]["niqe"]}
+def verdict(a: dict, b: dict) -> dict:
+    """b minus a per set and metric; ``b_beats_a``: better PSNR and LPIPS on every blurred set, NIQE on car."""
+    d = {f"{s}_{m}_b_minus_a": b[s][m] - a[s][m] for s in BLURRED if s in a for m in ("psnr", "lpips")}
+    d["car_niqe_b_minus_a"] = b["car"]["niqe"] - a["car"]["niqe"]
+    d["b_beats_a"] = all(v < 0 if ("lpips" in k or "niqe" in k) else v > 0 for k, v in d.items())
+    return d
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--iterations", type=int, default=60)
-    ap.add_argument("--warmup", type=int, default=0, help="also run (b') with this many M+D warm-up iterations")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--backbone", choices=sorted(BACKBONES), default="dmphn_1_2_4",
+                    help="start of (a) and (b): the official DMPHN 1-2-4 or the shipped compact default G")
+    ap.add_argument("--iterations", type=int, default=60, help="G iterations of each run")
+    ap.add_argument("--warmup", type=int, default=0, help="(b): M+D warm-up iterations before G's (G frozen)")
     ap.add_argument("--crop", type=int, default=128)
+    ap.add_argument("--batch-paired", type=int, default=2)
+    ap.add_argument("--batch-unpaired", type=int, default=2)
+    ap.add_argument("--lr-scale", type=float, default=1.0,
+                    help="multiplies SPEC's lr_G 5e-5, lr_M 1e-4, lr_D 1e-4 (e.g. sqrt of a batch ratio)")
     ap.add_argument("--precision", default="bf16")
-    ap.add_argument("--motion", default=None,
-                    help="also run (b'') NeurMAP with M starting from this pre-trained motion net "
-                         "(experiments/motion_pretrain.py); SPEC starts M from Xavier init")
-    ap.add_argument("--motion-lr", type=float, default=None,
-                    help="lr_M for the (b'') run (0 keeps the pre-trained M fixed; default SPEC's 1e-4)")
-    ap.add_argument("--only-motion-run", action="store_true", help="skip (a)/(b) training; reuse them from --out")
+    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    ap.add_argument("--workers", type=int, default=0, help="synthesis worker processes per run")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--motion", default="default",
+                    help="(b)'s starting motion net: a checkpoint or shipped name (default: the shipped M)")
+    ap.add_argument("--motion-lr", type=float, default=None, help="(b)'s lr_M (default SPEC's 1e-4 x --lr-scale)")
+    ap.add_argument("--w-video", type=float, default=0.5,
+                    help="(b)'s M_video: L1 to the flow-derived blur of car frames 0-39 (configs/motion.yaml's)")
+    ap.add_argument("--w-supervised", type=float, default=1.0,
+                    help="(b)'s M_supervised: L1 to the pairs' known blur (configs/motion.yaml's)")
+    ap.add_argument("--spec", action="store_true", help="also run (b0): SPEC's NeurMAP, fresh M, no prior")
+    ap.add_argument("--eval-n", type=int, default=None, help="evaluate at most N items per set (smoke runs)")
+    ap.add_argument("--clips", type=int, default=12, help="camera-shake clips (8 frames each) in shake_clips")
+    ap.add_argument("--reuse", action="store_true", help="score a run's final.safetensors in --out, if there, untrained")
     ap.add_argument("--name", default="neurmap_proof", help="results file bench/results/NAME.json")
     ap.add_argument("--out", default="runs/proof")
     args = ap.parse_args()
-    kernel, car = held_out()
-    rows, timing = [], {}
-    rows.append({"model": "official DMPHN 1-2-4 (start)", **score(SHARED / "pretrained" / "dmphn_1_2_4", kernel, car)})
-    print(rows[-1])
-    runs = [("(a) paired only", "paired_only", True, 0, None), ("(b) NeurMAP", "neurmap", False, 0, None)]
-    if args.warmup:
-        runs.append((f"(b') NeurMAP after {args.warmup} M+D warm-up iterations", "neurmap_warmup", False,
-                     args.warmup, None))
-    if args.motion:
-        lr_m = "" if args.motion_lr is None else f", lr_M {args.motion_lr:g}"
-        runs.append((f"(b'') NeurMAP, M pre-trained on kernel blur{lr_m}", "neurmap_premotion" + lr_m.replace(", lr_M ", "_lrM"),
-                     False, 0, args.motion))
-    for name, folder, paired_only, warmup, motion in runs:
-        out = Path(args.out) / folder
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
+    sets = held_out_sets(args.clips)
+    start_name, start_weights = f"{args.backbone} (start)", BACKBONES[args.backbone][1]
+    scores = {start_name: score_sets(start_weights, sets, device, args.eval_n)}
+    readings = {f"--motion {args.motion} (b's start M)": motion_reading(args.motion, sets["gopro_kernel"], device)}
+    runs = [("(a) paired only", "paired_only", dict(paired_only=True)),
+            ("(b) NeurMAP + motion prior", "neurmap_prior",
+             dict(paired_only=False, warmup=args.warmup, motion=args.motion, prior=True))]
+    if args.spec:
+        runs.append(("(b0) NeurMAP as SPEC", "neurmap_spec", dict(paired_only=False, warmup=args.warmup)))
+    timing = {}
+    for name, folder, kw in runs:
+        out = Path(args.out) / f"{args.backbone}_{folder}"
         t = time.perf_counter()
-        if not (args.only_motion_run and motion is None and (out / "final.safetensors").exists()):
-            run_training(config(out, paired_only, args, warmup, motion), progress=True)
-        timing[name] = time.perf_counter() - t
-        row = {"model": name, **score(out / "final.safetensors", kernel, car)}
-        if not paired_only:
-            row.update(motion_reading(out / "final.safetensors", kernel))
-        rows.append(row)
-        print(rows[-1], f"{timing[name]:.0f} s")
-    a, b = rows[1], rows[2]
-    def beats(r):
-        return r["psnr"] > a["psnr"] and r["lpips"] < a["lpips"] and r["niqe_car"] < a["niqe_car"]
-
-    verdict = {"psnr_b_minus_a": b["psnr"] - a["psnr"], "lpips_b_minus_a": b["lpips"] - a["lpips"],
-               "niqe_b_minus_a": b["niqe_car"] - a["niqe_car"], "b_beats_a": beats(b)}
-    for r in rows[3:]:
-        verdict[r["model"]] = {**{f"{k}_minus_a": r[k] - a[k] for k in ("psnr", "lpips", "niqe_car")},
-                               "beats_a": beats(r)}
-    report(args.name, rows, {"settings": vars(args), "train_seconds": timing, "verdict": verdict})
-    print(verdict)
+        if not (args.reuse and (out / "final.safetensors").exists()):
+            run_training(config(out, args=args, **kw), progress=True)
+        timing[name] = round(time.perf_counter() - t, 1)
+        scores[name] = score_sets(out / "final.safetensors", sets, device, args.eval_n)
+        if not kw["paired_only"]:
+            readings[name] = motion_reading(out / "final.safetensors", sets["gopro_kernel"], device)
+        print(name, scores[name], readings.get(name), f"{timing[name]:.0f} s", flush=True)
+    by_set = {model: {r["set"]: r for r in rows} for model, rows in scores.items()}
+    a = by_set["(a) paired only"]
+    verdicts = {name: verdict(a, by_set[name]) for name, _, kw in runs if not kw["paired_only"]}
+    rows = [{"model": model, **r} for model, rs in scores.items() for r in rs]
+    report(args.name, rows, {"settings": vars(args), "motion_reading_gopro_kernel": readings,
+                             "train_seconds": timing, "verdict": verdicts})
+    for name, v in verdicts.items():
+        print(name, v)
 
 
 if __name__ == "__main__":

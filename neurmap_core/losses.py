@@ -67,10 +67,17 @@ def never_blurrier_loss(m_deblurred: torch.Tensor, m_blurry: torch.Tensor) -> to
 
 # --- motion targets (issue #13): known blur of synthetic pairs, flow-derived blur of real video ----
 
-def sign_invariant_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def sign_invariant_l1(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
     """Per pixel min(|p − t|₁, |p + t|₁) over (dy, dx), mean over pixels: a symmetric blur has no direction
-    sign, so m and −m are one blur; unlike comparing vn(p) with vn(t) it does not jump where dx crosses 0."""
-    return torch.minimum((pred - target).abs().sum(1), (pred + target).abs().sum(1)).mean()
+    sign, so m and −m are one blur; unlike comparing vn(p) with vn(t) it does not jump where dx crosses 0.
+
+    ``valid`` (B,) bool: the mean over those images only (0 when none), for batches where only some images
+    have a target; the others' target must still be finite (no NaN reaches the gradient)."""
+    per_pixel = torch.minimum((pred - target).abs().sum(1), (pred + target).abs().sum(1))
+    if valid is None:
+        return per_pixel.mean()
+    w = valid.to(per_pixel.dtype)
+    return (per_pixel.flatten(1).mean(1) * w).sum() / w.sum().clamp(min=1.0)
 
 
 # --- deblur-net prior ------------------------------------------------------------------------------

@@ -132,7 +132,8 @@ class NeurMAPStep:
         ``update_G=False`` runs only the motion-net and discriminator steps (G frozen): the warm-up that
         lets a fresh M and D learn from the starting G before their gradients reach it.
         ``paired_motion`` (known blur of B_P) and ``unpaired_motion`` (flow-derived blur of B_U) feed the
-        optional ``M_supervised`` / ``M_video`` terms; they are read only when their weight is > 0.
+        optional ``M_supervised`` / ``M_video`` terms; they are read only when their weight is > 0. A target
+        image that is all NaN has no motion (an unpaired mix of video and other blur): its term skips it.
         """
         n_p = paired_blurry.shape[0]
         blurry = torch.cat((paired_blurry, unpaired_blurry))
@@ -161,7 +162,9 @@ class NeurMAPStep:
         for key, target, rows in (("M_supervised", paired_motion, slice(0, n_p)),
                                   ("M_video", unpaired_motion, slice(n_p, n))):
             if getattr(self.w, key):
-                out[key] = L.sign_invariant_l1(m_b[rows], self._target(key, target))
+                t = self._target(key, target)
+                valid = torch.isfinite(t).flatten(1).all(1)       # NaN rows: images without a motion target
+                out[key] = L.sign_invariant_l1(m_b[rows], t.nan_to_num(0.0), valid)
                 loss_M = loss_M + getattr(self.w, key) * out[key]
         out["M_total"] = loss_M
         self._check_finite(out, "motion net")

@@ -94,6 +94,20 @@ def _motion(sample: dict, role: str) -> torch.Tensor:
     return sample["motion"]
 
 
+def _yields_motion(ds: Dataset) -> bool:
+    """Whether any source inside ``ds`` (mixes, concatenations, subsets) yields ``motion`` targets."""
+    children = list(getattr(ds, "datasets", [])) + ([ds.dataset] if hasattr(ds, "dataset") else [])
+    if children:
+        return any(_yields_motion(c) for c in children)
+    return bool(getattr(ds, "motion", False))
+
+
+def _motion_or_none(sample: dict, like: torch.Tensor) -> torch.Tensor:
+    """The item's motion, or an all-NaN map of its size: NeurMAPStep's M_video skips that image."""
+    m = sample.get("motion")
+    return m if m is not None else torch.full((2, *like.shape[-2:]), float("nan"))
+
+
 def _seed_epoch(ds: Dataset, value: int) -> None:
     """Make the random crop/flip/blur of each item a function of the iteration (exact resume)."""
     if hasattr(ds, "set_epoch"):
@@ -109,7 +123,9 @@ class BatchSampler:
 
     A batch is a tuple of stacked tensors named by ``names`` (the keyword names of the step that takes it):
     paired_blurry, paired_sharp, then unpaired_blurry, unpaired_sharp for a NeurMAP run, and the motion
-    targets its loss weights use (paired_motion for M_supervised, unpaired_motion for M_video).
+    targets its loss weights use (paired_motion for M_supervised, unpaired_motion for M_video). In a NeurMAP
+    run the unpaired blurry may mix video_flow with sources that carry no motion (real footage, kernel blur
+    with ``motion: false``): their images get an all-NaN target, which M_video skips.
     ``motion_only`` runs draw paired (with motion) and, when given, unpaired_blurry video with its motion.
     """
 
@@ -132,6 +148,11 @@ class BatchSampler:
         for name, ds in self.sources.items():
             if len(ds) == 0:
                 raise NeurmapError(f"data.{name} holds no images")
+        # a NeurMAP run's unpaired blurry may mix video (M_video's target) with blur that has none
+        self.partial_unpaired_motion = bool(w.M_video) and not cfg.motion_only and not cfg.paired_only
+        if self.partial_unpaired_motion and not _yields_motion(self.sources["unpaired_blurry"]):
+            raise NeurmapError("loss_weights.M_video > 0 needs a data.unpaired_blurry source with motion targets "
+                               "(video_flow); add one or set M_video: 0")
         self.cfg, self.rank, self.world = cfg, rank, world
         # synthesis_device: the paired sources' blur rendered in the main process on the training device
         self.device = torch.device(device if device is not None else "cpu")
@@ -165,7 +186,8 @@ class BatchSampler:
                 s = self._draw(self.sources["unpaired_sharp"], self.cfg.batch_unpaired, g, it)
                 out["unpaired_sharp"] = [_image(x, "sharp") for x in s]
             if "unpaired_motion" in self.names:
-                out["unpaired_motion"] = [_motion(x, "unpaired_blurry") for x in u]
+                out["unpaired_motion"] = [_motion_or_none(x, _image(x, "blurry")) if self.partial_unpaired_motion
+                                          else _motion(x, "unpaired_blurry") for x in u]
         if self.deferred:      # the paired recipes packed first, rendered by to_device
             return (device_synthesis.pack(p),) + tuple(torch.stack(out[k]) for k in self.names if k in out)
         return tuple(torch.stack(out[k]) for k in self.names)

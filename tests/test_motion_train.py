@@ -323,3 +323,64 @@ def test_motion_training_config_errors_are_one_line(tmp_path):
         VideoFlowMotion(tmp_path / "clip", exposure=1.5)
     with pytest.raises(InputError, match="needs >= 3 consecutive frames.*or give exposure"):
         VideoFlowMotion(tmp_path / "clip", frame_range=(0, 2))
+
+
+def test_masked_motion_terms_skip_images_without_a_target():
+    """An unpaired mix of video (flow-derived target) and other blur (all-NaN target): M_video is the mean over
+    the images with a target, its gradient finite; none with a target gives 0."""
+    pred = torch.randn(3, 2, 8, 8, requires_grad=True)
+    target = torch.randn(3, 2, 8, 8)
+    valid = torch.tensor([True, False, True])
+    got = sign_invariant_l1(pred, target.masked_fill(~valid.view(3, 1, 1, 1), 0.0), valid)
+    assert got.item() == pytest.approx(sign_invariant_l1(pred[valid], target[valid]).item(), rel=1e-6)
+    got.backward()
+    assert torch.isfinite(pred.grad).all() and pred.grad[1].abs().sum() == 0
+    assert sign_invariant_l1(pred, target, torch.zeros(3, dtype=torch.bool)).item() == 0.0
+    from neurmap.core.data import KernelBlurred
+    frames = torch.rand(2, 3, 40, 40)
+    told, untold = (KernelBlurred(frames, crop_size=24, flip=True, seed=1, motion=m) for m in (True, False))
+    assert "motion" in told[1] and set(untold[1]) == {"blurry", "sharp"}            # the same blur, untold
+    assert torch.equal(told[1]["blurry"], untold[1]["blurry"])
+
+    torch.manual_seed(0)
+    G, M, D = build_model("compact"), build_model("motion"), build_model("discriminator")
+    step = NeurMAPStep(G, M, D, weights=LossWeights(M_video=0.5))
+    pb, ps, _ = _tiny_batch(1, seed=2)
+    ub, us, um = _tiny_batch(2, seed=3)
+    um[1] = float("nan")                              # the second unpaired image has no motion target
+    out = step(pb, ps, ub, us, unpaired_motion=um)
+    assert all(torch.isfinite(v).all() for v in out.values())
+    assert all(torch.isfinite(p).all() for p in M.parameters())
+
+
+def test_neurmap_run_with_the_motion_prior_logs_its_M_terms(tmp_path):
+    """A full NeurMAP run (not motion_only) through neurmap train's loop: M_supervised on pairs carrying motion,
+    M_video on an unpaired mix of a video_flow clip and kernel blur told no motion; both in log.jsonl, and M_total
+    = SPEC's six terms + the two, weighted."""
+    import json
+
+    from neurmap.core.train import run_training
+
+    shared_path("sharp_photos")
+    cfg = _motion_config(tmp_path, tmp_path / "run", motion_only=False, iterations=2, checkpoint_every=2,
+                         log_every=1, batch_paired=1, batch_unpaired=2,
+                         loss_weights={"M_supervised": 1.0, "M_video": 0.5})
+    photos = str(tmp_path / "photos")
+    cfg.data = {"paired": {"type": "photos", "path": photos, "split": "all", "max_px": 8.0, "motion": True},
+                "unpaired_blurry": [{"type": "kernel", "path": photos, "max_px": 8.0, "motion": False},
+                                    cfg.data["unpaired_blurry"]],
+                "unpaired_sharp": {"type": "folder", "path": photos}}
+    run_training(cfg, progress=False)
+    logged = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in logged] == [1, 2]
+    w = LossWeights(M_supervised=1.0, M_video=0.5)
+    for r in logged:
+        assert {"M_supervised", "M_video", "G_reblur", "G_total", "D"} <= set(r)
+        assert all(np.isfinite(v) for v in r.values())
+        spec = ("M_reblur", "M_tv", "M_sharp", "M_blur", "M_f_sharp", "M_never_blurrier", "M_supervised", "M_video")
+        assert r["M_total"] == pytest.approx(sum(getattr(w, k) * r[k] for k in spec), rel=1e-4)
+    assert (tmp_path / "run" / "final.safetensors").exists()
+
+    cfg.data["unpaired_blurry"] = cfg.data["unpaired_blurry"][0]             # kernel blur only: no target
+    with pytest.raises(NeurmapError, match="M_video > 0 needs a data.unpaired_blurry source with motion"):
+        run_training(cfg, progress=False)

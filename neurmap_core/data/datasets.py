@@ -265,6 +265,8 @@ class VideoFlowMotion(_SeededDataset):
     motion, 9 MB per 720p frame). Each item is a random crop (and flip) of one frame and its motion.
     """
 
+    motion = True      # items always carry their blur (as ``motion=True`` sources do)
+
     def __init__(self, path: PathLike, frame_range: Optional[tuple[int, int]] = None, exposure: Optional[float] = None,
                  crop_size: Optional[Size] = None, flip: bool = True, flow_scale: float = 0.5,
                  seed: Optional[int] = None) -> None:
@@ -356,13 +358,16 @@ class KernelBlurred(_SeededDataset):
     The field comes from :func:`random_motion_field` (``max_px``, ``n_regions``), drawn on the crop plus
     a margin of ``max_px`` so crop edges see real neighbouring content; ``border`` handles the image's
     own edges (default ``replicate``: no dark rims; ``zeros`` is exact ``reblur``). With ``seed`` set,
-    item ``i`` always gets the same crop and motion (use for evaluation sets).
+    item ``i`` always gets the same crop and motion (use for evaluation sets). ``motion=False`` leaves
+    ``motion`` out of the items (the same blur): an unpaired source whose field M must not be told, since
+    unpaired data has no ground truth.
     """
 
     def __init__(self, sharp_source, crop_size: Optional[Size] = None, flip: bool = False,
                  resize: Optional[Size] = None, max_px: float = 20.0, min_px: float = 2.0,
                  n_regions: tuple[int, int] = (0, 3), border: str = "replicate", key: Optional[str] = None,
-                 seed: Optional[int] = None) -> None:
+                 seed: Optional[int] = None, motion: bool = True) -> None:
+        self.motion = bool(motion)
         if isinstance(sharp_source, (str, Path)):
             self.source = frame_source(sharp_source)
         elif isinstance(sharp_source, torch.Tensor):
@@ -415,7 +420,10 @@ class KernelBlurred(_SeededDataset):
         if self.crop is not None:
             out = crop_sample(out, *inner)
         out = {k: v.contiguous() for k, v in out.items()}
-        return self.flip_transform(out, g)
+        out = self.flip_transform(out, g)
+        if not self.motion:
+            del out["motion"]
+        return out
 
 
 class WeightedMix(Dataset):
