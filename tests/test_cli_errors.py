@@ -35,10 +35,15 @@ def _tiny_yaml(path: Path, out: Path, **kw) -> Path:
     return path
 
 
+def _default_sigint() -> None:
+    """A terminal's Ctrl-C: a suite started in the background (``cmd &``) ignores SIGINT, and children inherit that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _spawn_train(cfg: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "neurmap", "train", str(cfg), "--no-progress", *extra],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, preexec_fn=_default_sigint)
 
 
 def _wait_for(path_glob, folder: Path, proc: subprocess.Popen, timeout: float = 120) -> None:

@@ -76,7 +76,9 @@ def test_default_is_shipped_and_small():
     assert meta["architecture"] == "compact"
     assert meta["input_range"] == "0,1"
     prov = meta["provenance"]
-    assert prov["trained_by"] == "neurmap train" and prov["config"]["backbone"] == "compact_rep"   # configs/default.yaml
+    # the last of the recipe's three runs wrote the file: configs/motion.yaml (M only; G carried from stage 2)
+    assert prov["trained_by"] == "neurmap train" and prov["config"]["motion_only"] is True
+    assert prov["config"]["backbone"] == "compact"
     assert meta.get("motion_architecture") == "motion"      # G + the NeurMAP motion net, nothing else
 
 
