@@ -19,16 +19,8 @@ from neurmap.edge_runtime.adaptation import clone_model
 from neurmap.edge_runtime.stream_adapt import (FlowWorker, StreamAdapter, StreamBuffer, fuse_motion, motion_frames,
                                                objective_at, stream_config)
 
-from test_adapt import ACCEPT, REFUSE, _moving_clip, snapshot
+from test_adapt import ACCEPT, REFUSE, _moving_clip, one_thread, snapshot  # noqa: F401 (one_thread: autouse)
 from test_bad_input import cli, one_error_line
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
