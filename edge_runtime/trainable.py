@@ -10,6 +10,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from neurmap.core.profile import forward_with_hooks
+
 from .adapt_config import AdaptConfig
 from .lora import LoRAConvs, conv_modules
 
@@ -17,15 +19,8 @@ from .lora import LoRAConvs, conv_modules
 def execution_order(net: nn.Module, sample: torch.Tensor) -> list[str]:
     """Names of the convolutions in the order a forward runs them (first call of each)."""
     order: list[str] = []
-    hooks = []
-    for name, m in conv_modules(net):
-        hooks.append(m.register_forward_hook(lambda mod, i, o, n=name: order.append(n) if n not in order else None))
-    try:
-        with torch.no_grad():
-            net(sample)
-    finally:
-        for h in hooks:
-            h.remove()
+    forward_with_hooks(net, sample, [(m, lambda mod, i, o, n=name: order.append(n) if n not in order else None)
+                                     for name, m in conv_modules(net)])
     return order
 
 

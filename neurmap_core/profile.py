@@ -6,6 +6,7 @@ never a hard-coded table.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -34,15 +35,21 @@ def count_macs(net: nn.Module, x: torch.Tensor) -> int:
         elif isinstance(m, nn.Linear):
             total += out.numel() * m.in_features
 
-    handles = [m.register_forward_hook(hook) for m in net.modules()
-               if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))]
+    forward_with_hooks(net, x, [(m, hook) for m in net.modules()
+                                if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))])
+    return total
+
+
+def forward_with_hooks(net: nn.Module, x: torch.Tensor, hooks: Iterable[tuple[nn.Module, Callable]]) -> None:
+    """One no-grad forward of ``net`` on ``x`` with forward ``hooks`` (module, fn) attached, all removed after
+    it whatever happens: how MACs are counted here and how adaptation finds the order convolutions run in."""
+    handles = [m.register_forward_hook(fn) for m, fn in hooks]
     try:
         with torch.no_grad():
             net(x)
     finally:
         for h in handles:
             h.remove()
-    return total
 
 
 def network_cost(name: str, height: int, width: int) -> Cost:
