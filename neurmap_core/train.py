@@ -247,8 +247,12 @@ def build_nets(cfg: TrainConfig) -> tuple[DeblurModel, MotionModel, nn.Module]:
     if cfg.init_weights:
         G, meta = load_weights(cfg.init_weights)
         if meta["architecture"] != cfg.backbone:
-            raise NeurmapError(f"init_weights hold a {meta['architecture']} but backbone is {cfg.backbone}; "
-                               "set backbone to match")
+            net = build_network(cfg.backbone)
+            if not (hasattr(net, "grow_from") and net.grow_from(G.net)):
+                raise NeurmapError(f"init_weights hold a {meta['architecture']} but backbone is {cfg.backbone}; "
+                                   "set backbone to match (or to a deeper variant of the same net, which grows "
+                                   "from it, e.g. compact -> compact_deep)")
+            G = DeblurModel(net, G.input_range, cfg.backbone)   # starts as exactly the smaller net
         G.train()
     else:
         net = build_network(cfg.backbone)

@@ -53,10 +53,11 @@ def test_identity_init_returns_input():
         assert torch.equal(net(x), x)
 
 
-def test_onnx_export_uses_only_allowed_ops():
+@pytest.mark.parametrize("name", ["compact", "compact_deep"])
+def test_onnx_export_uses_only_allowed_ops(name):
     import onnx
 
-    net = build_network("compact").eval()
+    net = build_network(name).eval()
     buf = io.BytesIO()
     with torch.no_grad():
         torch.onnx.export(net, (torch.rand(1, 3, 64, 96),), buf, input_names=["blurry"], output_names=["sharp"],
@@ -64,6 +65,48 @@ def test_onnx_export_uses_only_allowed_ops():
     ops = {n.op_type for n in onnx.load_from_string(buf.getvalue()).graph.node}
     assert ops - ALLOWED_OPS == set(), f"ops outside the allow-list: {sorted(ops - ALLOWED_OPS)}"
     assert "Conv" in ops and "DepthToSpace" in ops
+
+
+# --- the grown net (a fourth, 1/16 level) --------------------------------------------------------------
+
+def test_deep_variant_within_budget_and_pads_to_16():
+    c = network_cost("compact_deep", 720, 1280)
+    assert network_cost("compact", 720, 1280).gmacs < c.gmacs <= 40.0
+    net = build_network("compact_deep")
+    assert net.pad_multiple == 16
+    y = build_model("compact_deep").eval()(torch.rand(1, 3, 40, 56))   # padded to 48x64 inside, cropped back
+    assert y.shape == (1, 3, 40, 56)
+
+
+def test_grown_net_starts_as_the_smaller_net_and_its_branch_is_live():
+    torch.manual_seed(0)
+    small = build_network("compact").eval()
+    deep = build_network("compact_deep").eval()
+    assert deep.grow_from(small)
+    x = torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(deep(x), small(x), atol=1e-5, rtol=0)
+        torch.nn.init.normal_(deep.up3.weight, std=0.05)     # the branch, once trained, changes the output
+        assert (deep(x) - small(x)).abs().max() > 1e-3
+    assert not build_network("compact_deep").grow_from(CompactDeblur((16, 32, 64)))   # other widths
+    assert not build_network("compact_deep").grow_from(build_network("compact_deep"))  # already deep
+
+
+def test_trainer_grows_init_weights_into_the_deeper_backbone(tmp_path):
+    from neurmap.core.checkpoint import save_weights
+    from neurmap.core.errors import NeurmapError
+    from neurmap.core.train import TrainConfig, build_nets
+
+    torch.manual_seed(0)
+    small = build_model("compact").eval()
+    path = save_weights(tmp_path / "small.safetensors", small)
+    G, _, _ = build_nets(TrainConfig(backbone="compact_deep", init_weights=str(path), paired_only=True))
+    assert G.name == "compact_deep" and G.net.deep == 256
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(G.eval()(x), small(x), atol=1e-5, rtol=0)
+    with pytest.raises(NeurmapError, match="backbone to match"):
+        build_nets(TrainConfig(backbone="compact_gated", init_weights=str(path), paired_only=True))
 
 
 # --- the shipped default ------------------------------------------------------------------------------

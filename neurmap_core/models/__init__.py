@@ -27,6 +27,8 @@ MODELS: dict[str, ModelSpec] = {s.name: s for s in [
     ModelSpec("compact", "compact:CompactDeblur", "deblur", {}, "CompactDeblur: our real-time U-Net (~27 GMAC at 720p)"),
     ModelSpec("compact_rep", "compact:CompactDeblur", "deblur", {"block": "rep"},
               "CompactDeblur with re-parameterisable blocks for training; folds into `compact`"),
+    ModelSpec("compact_deep", "compact:CompactDeblur", "deblur", {"deep": 256},
+              "CompactDeblur with a fourth, 1/16 level (256 channels): twice the receptive field, ~38 GMAC at 720p"),
     ModelSpec("compact_gated", "compact:CompactDeblur", "deblur", {"block": "gated"},
               "CompactDeblur with NAFNet-style gated blocks (SimpleGate + channel attention)"),
     ModelSpec("motion", "motion:MotionNet", "motion", {}, "NeurMAP motion net (OffsetNet)"),

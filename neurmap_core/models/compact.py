@@ -18,7 +18,13 @@ Layout (``c = channels``, default 32/64/128)::
   interpolation), skips by addition. The whole graph is Conv, Relu, Add and the depth/space reshuffles.
 * The global residual ``out = x + net(x)`` keeps the output in the input's [0, 1] range up to the small
   correction the net adds; there is no normalisation layer, no GELU, no attention, no grid sampling.
-* ``pad_multiple = 8``: H and W must be multiples of 8 (the wrapper pads and crops).
+* ``pad_multiple = 8``: H and W must be multiples of 8 (the wrapper pads and crops); 16 with a ``deep`` level.
+
+Optional fourth level (``deep`` channels at 1/16, ``compact_deep``): the middle stage is split in two and a
+1/16 branch ``down3 → ResBlock×deep_blocks → up3`` is added between its halves, as a residual. It doubles the
+receptive field (heavy blur is where the 3-level net gains least: +0.3 dB on the heaviest quarter of held-out
+camera shake, +0.6 on the rest) for a small share of the MACs, and :meth:`CompactDeblur.grow_from` starts it
+from a trained 3-level net as exactly that net (``up3`` zero), so a warm restart only has to learn the branch.
 """
 from __future__ import annotations
 
@@ -110,13 +116,15 @@ class CompactDeblur(nn.Module):
     pad_multiple = 8
 
     def __init__(self, channels: tuple[int, int, int] = (32, 64, 128),
-                 blocks: tuple[int, int, int, int, int] = (1, 1, 2, 1, 1), block: str = "res") -> None:
+                 blocks: tuple[int, int, int, int, int] = (1, 1, 2, 1, 1), block: str = "res",
+                 deep: int = 0, deep_blocks: int = 2) -> None:
         super().__init__()
         if block not in BLOCKS:
             raise ValueError(f"block {block!r} unknown; use one of {', '.join(BLOCKS)}")
         c0, c1, c2 = (int(c) for c in channels)
         e0, e1, m, d1, d0 = (int(b) for b in blocks)
         self.channels, self.blocks, self.block = (c0, c1, c2), (e0, e1, m, d1, d0), block
+        self.deep, self.deep_blocks = int(deep), int(deep_blocks)
         self.head = nn.Conv2d(12, c0, 3, padding=1)
         self.enc0 = _stage(c0, e0, block)
         self.down1 = nn.Conv2d(c0, c1, 2, stride=2)
@@ -128,6 +136,11 @@ class CompactDeblur(nn.Module):
         self.up1 = nn.Conv2d(c1, c0 * 4, 1)
         self.dec0 = _stage(c0, d0, block)
         self.tail = nn.Conv2d(c0, 12, 3, padding=1)
+        if self.deep:
+            self.pad_multiple = 16
+            self.down3 = nn.Conv2d(c2, self.deep, 2, stride=2)
+            self.deep_stage = _stage(self.deep, self.deep_blocks, block)
+            self.up3 = nn.Conv2d(self.deep, c2 * 4, 1)
 
     def init_identity(self) -> "CompactDeblur":
         """Start as the identity: a zero last conv, so a fresh net returns its input exactly.
@@ -143,7 +156,25 @@ class CompactDeblur(nn.Module):
             if isinstance(blk, (ResBlock, GatedBlock)):
                 last = blk.conv2.conv3 if isinstance(blk.conv2, RepConv) else blk.conv2
                 last.weight.data.mul_(0.1)
+        if self.deep:
+            nn.init.zeros_(self.up3.weight)
+            nn.init.zeros_(self.up3.bias)
         return self
+
+    @torch.no_grad()
+    def grow_from(self, smaller: "CompactDeblur") -> bool:
+        """Take a trained net without the ``deep`` level (same widths, blocks and block type) and become it
+        exactly: its weights copied, the new branch Xavier-initialised as built with a zero ``up3``, so the
+        branch adds nothing until training moves it. False when ``smaller`` does not fit."""
+        if (not self.deep or getattr(smaller, "deep", 0) or smaller.channels != self.channels
+                or smaller.blocks != self.blocks or smaller.block != self.block):
+            return False
+        missing, unexpected = self.load_state_dict(smaller.state_dict(), strict=False)
+        if unexpected or not all(k.split(".")[0] in ("down3", "deep_stage", "up3") for k in missing):
+            return False
+        nn.init.zeros_(self.up3.weight)
+        nn.init.zeros_(self.up3.bias)
+        return True
 
     @torch.no_grad()
     def fold(self) -> "CompactDeblur":
@@ -151,7 +182,7 @@ class CompactDeblur(nn.Module):
         rounding); a net without RepConvs is returned as it is."""
         if self.block != "rep":
             return self
-        plain = CompactDeblur(self.channels, self.blocks, "res")
+        plain = CompactDeblur(self.channels, self.blocks, "res", self.deep, self.deep_blocks)
         state = {}
         for name, mod in self.named_modules():
             if isinstance(mod, RepConv):
@@ -166,7 +197,14 @@ class CompactDeblur(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s0 = self.enc0(self.head(F.pixel_unshuffle(x, 2)))
         s1 = self.enc1(self.down1(s0))
-        y = self.mid(self.down2(s1))
+        y = self.down2(s1)
+        if self.deep:                   # the 1/16 level sits between the two halves of the middle stage
+            half = len(self.mid) // 2
+            y = self.mid[:half](y)
+            y = y + F.pixel_shuffle(self.up3(self.deep_stage(self.down3(y))), 2)
+            y = self.mid[half:](y)
+        else:
+            y = self.mid(y)
         y = self.dec1(F.pixel_shuffle(self.up2(y), 2) + s1)
         y = self.dec0(F.pixel_shuffle(self.up1(y), 2) + s0)
         return x + F.pixel_shuffle(self.tail(y), 2)
