@@ -197,7 +197,9 @@ def main() -> None:
                  "psnr_adapted": round(p1, 3), "gain_db": round(p1 - clip["psnr_unadapted"], 3),
                  "accepted": res.accepted, "steps": res.steps, "step_s": round(res.step_seconds, 3),
                  "m_accepted": mi.get("m_accepted"), "m_step_s": mi.get("m_step_s"), "m_share": mi.get("m_share"),
-                 "m_flow_err_px": mi.get("m_heldout_err_px"), "reason": res.reason[:70]}
+                 "m_flow_err_px": mi.get("m_heldout_err_px"), "reason": res.reason[:70],
+                 **{f"guard_{k}": [round(getattr(res.before, k) or 0, 4), round(getattr(res.after, k) or 0, 4)
+                                   if res.after else None] for k in ("total", "probe_psnr", "sharp_psnr", "niqe")}}
             if win is not None and src in ("m", "fused"):
                 r["M_err_px_after"] = round(vs_truth(m_reading(M, blurry[:args.window]), win)[0], 3)
             rows.append(r)

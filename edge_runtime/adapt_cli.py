@@ -53,11 +53,16 @@ def adapt(
                                    "4th is held out for the guard."),
     mu_sharp: str = typer.Option("auto", "--mu-sharp", help="Target residual motion of sharp output: 'auto' or "
                                  "a number (20-px units)."),
-    niqe_guard: bool = typer.Option(True, "--niqe-guard/--no-niqe-guard", help="Also require NIQE of the held-out "
-                                    "output not to rise (a check the motion net cannot be fooled on)."),
-    probe_guard: bool = typer.Option(True, "--probe-guard/--no-probe-guard", help="Also require that the "
-                                     "held-out outputs, re-blurred with random camera shake, are restored at least "
-                                     "as well as before (catches drift toward the identity)."),
+    niqe_guard: Optional[bool] = typer.Option(None, "--niqe-guard/--no-niqe-guard", help="Also require NIQE of "
+                                              "the held-out output not to rise (default: on for single images, off "
+                                              "for streams)."),
+    probe_guard: Optional[bool] = typer.Option(None, "--probe-guard/--no-probe-guard", help="Also require that the "
+                                               "held-out outputs, re-blurred with random camera shake, are restored at "
+                                               "least as well as before (catches drift toward the identity; default: "
+                                               "on for single images, off for streams)."),
+    sharp_guard: Optional[bool] = typer.Option(None, "--sharp-guard/--no-sharp-guard", help="Also require that G "
+                                               "alters already-sharp images no more than before (catches "
+                                               "over-sharpening; default: on for streams, off for single images)."),
     min_gain: float = typer.Option(0.002, "--min-gain", help="Accept only if the held-out score drops by this "
                                    "fraction."),
     min_blur_px: float = typer.Option(1.0, "--min-blur-px", help="Skip adaptation when the motion net reads less "
@@ -107,7 +112,8 @@ def adapt(
     except ValueError:
         raise typer.BadParameter(f"--mu-sharp {mu_sharp!r}: 'auto' or a number") from None
     cfg = AdaptConfig(steps=steps, params=params, lr=lr if lr is not None else default_lr(params), crop=crop,
-                      batch=batch, mu_sharp=mu, niqe_guard=niqe_guard, probe_guard=probe_guard, min_gain=min_gain,
+                      batch=batch, mu_sharp=mu, niqe_guard=niqe_guard is not False,
+                      probe_guard=probe_guard is not False, sharp_guard=bool(sharp_guard), min_gain=min_gain,
                       min_blur_px=min_blur_px, device=device, seed=seed, eval_crop=eval_crop, eval_crops=eval_crops)
     cfg.parts()
     target = Path(out) if out else default_out(weights, source)
@@ -121,8 +127,9 @@ def adapt(
     has_neighbours = mode == "stream" or (mode == "auto" and is_stream(source))
     if stream_mode(mode, has_neighbours, source, motion_source is not None, "--mode single"):
         overrides = {"steps": steps, "crop": crop, "batch": batch, "seed": seed, "device": device,
-                     "min_gain": min_gain, "min_blur_px": min_blur_px, "niqe_guard": niqe_guard,
-                     "probe_guard": probe_guard, "eval_crop": eval_crop, "eval_crops": eval_crops,
+                     "min_gain": min_gain, "min_blur_px": min_blur_px, "eval_crop": eval_crop, "eval_crops": eval_crops,
+                     **{k: v for k, v in (("niqe_guard", niqe_guard), ("probe_guard", probe_guard),
+                                          ("sharp_guard", sharp_guard)) if v is not None},
                      **({"params": params} if params != "lora" else {}), **({"lr": lr} if lr is not None else {}),
                      **({"motion_source": motion_source} if motion_source else {})}
         from .stream_adapt import stream_config

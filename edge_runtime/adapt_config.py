@@ -41,6 +41,8 @@ class AdaptConfig:
     niqe_tol: float = 0.0
     probe_guard: bool = True          # also require the deblurring regression probe not to drop (see probe_pairs)
     probe_tol_db: float = 0.0
+    sharp_guard: bool = False         # also require G not to alter already-sharp images more (see guard.sharp_psnr;
+    sharp_tol_db: float = 0.0         # the stream path's guard, on by default there)
     min_blur_px: float = 1.0          # skip the round when M reads less blur than this in the held-out frames
     seed: int = 0
     device: str = "auto"              # "auto": cuda when available, else cpu

@@ -50,7 +50,7 @@ from neurmap.core.errors import NeurmapError
 from .adapt_buffer import FrameBuffer, _to_uint8_chw, fixed_crops, random_crops  # noqa: F401
 from .adapt_config import PARAM_SETS, AdaptConfig, default_lr, pick_device  # noqa: F401
 from .adapt_losses import _motion, adaptation_terms, estimate_mu_sharp, resolve_mu, weighted  # noqa: F401
-from .guard import Score, probe_pairs, probe_psnr, score  # noqa: F401
+from .guard import Score, measure_probes, probe_if_guarded, probe_pairs, probe_psnr, refusal, score  # noqa: F401
 from .lora import _LoRA, LoRAConvs, conv_modules  # noqa: F401
 from .trainable import TrainableSet, apply_step, execution_order, run_steps  # noqa: F401
 
@@ -140,9 +140,8 @@ class Adapter:
                       "see this blur — adapting would pull the model toward its input (use --motion)")
             return RoundResult(False, reason, 0, before, None, time.perf_counter() - t_start, 0.0, [], 0,
                                cfg.params, cfg.lr, [round(v, 5) for v in mu.tolist()])
-        probe = probe_pairs(self.G, held, cfg.seed + self.rounds) if cfg.probe_guard else None
-        if probe is not None:
-            before.probe_psnr = probe_psnr(self.G, probe)
+        probe = probe_if_guarded(self.G, held, cfg, cfg.seed + self.rounds)
+        measure_probes(self.G, probe, before)
         original = self.state()                       # rollback point (clones: bit-exact)
         ts = TrainableSet(self.G, cfg)
         self.last_trainable = set(ts.names)
@@ -168,16 +167,11 @@ class Adapter:
         if on_merged is not None:                       # e.g. a bench measuring what the guard is about to judge
             on_merged(self.G)
         after = score(self.G, self.M, held, mu, cfg, with_niqe=use_niqe)
-        if probe is not None and math.isfinite(after.total):
-            after.probe_psnr = probe_psnr(self.G, probe)
+        measure_probes(self.G, probe, after)
         ok = math.isfinite(after.total) and after.total < before.total * (1.0 - cfg.min_gain)
-        if ok and probe is not None and after.probe_psnr < before.probe_psnr - cfg.probe_tol_db:
-            ok = False
-            reason = f"deblurring probe dropped {before.probe_psnr:.2f} -> {after.probe_psnr:.2f} dB"
-        if ok and use_niqe and before.niqe is not None and after.niqe is not None:
-            ok = after.niqe <= before.niqe + cfg.niqe_tol
-            if not ok:
-                reason = f"NIQE rose {before.niqe:.3f} -> {after.niqe:.3f}"
+        if ok:
+            reason = refusal(before, after, cfg)
+            ok = not reason
         if ok:
             reason = f"held-out score {before.total:.5f} -> {after.total:.5f}"
             self.rounds += 1

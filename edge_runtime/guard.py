@@ -6,6 +6,7 @@ catches that. :class:`~.adaptation.Adapter` compares these before and after a ro
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Optional
 
@@ -23,6 +24,7 @@ class Score:
     sharp: float
     niqe: Optional[float] = None
     probe_psnr: Optional[float] = None
+    sharp_psnr: Optional[float] = None  # G on already-sharp images (see sharp_psnr)
     blur_px: Optional[float] = None     # mean |motion| M reads in the (blurry) held-out crops
 
     def as_dict(self) -> dict:
@@ -83,3 +85,40 @@ def probe_psnr(G: nn.Module, pairs: tuple[torch.Tensor, torch.Tensor], chunk: in
     blurry, target = pairs
     vals = [psnr_per_image(G(blurry[i:i + chunk]).float(), target[i:i + chunk]) for i in range(0, len(blurry), chunk)]
     return float(torch.cat(vals).mean())
+
+
+@torch.no_grad()
+def sharp_psnr(G: nn.Module, pairs: tuple[torch.Tensor, torch.Tensor], chunk: int = 2) -> float:
+    """PSNR of G on images that are already sharp — the probe's targets, the current model's outputs — against
+    themselves. A deblurrer should leave them as they are; a round that taught G to sharpen beyond the blur
+    (a motion source that over-reads, or a reblur objective that rewards halos) lowers it. That is the failure
+    that makes nearly sharp frames worse, which the blurred probe does not see."""
+    from neurmap.core.metrics import psnr_per_image
+
+    target = pairs[1]
+    vals = [psnr_per_image(G(target[i:i + chunk]).float().clamp(0, 1), target[i:i + chunk])
+            for i in range(0, len(target), chunk)]
+    return float(torch.cat(vals).mean())
+
+
+def probe_if_guarded(G: nn.Module, held: torch.Tensor, cfg: AdaptConfig, seed: int):
+    """The probe pairs when a probe guard (blurred or sharp) is on, else None."""
+    return probe_pairs(G, held, seed) if cfg.probe_guard or cfg.sharp_guard else None
+
+
+def measure_probes(G: nn.Module, probe, s: Score) -> None:
+    """Fill ``s``'s probe readings (both are cheap: one forward of the held-out crops each)."""
+    if probe is not None and math.isfinite(s.total):
+        s.probe_psnr, s.sharp_psnr = probe_psnr(G, probe), sharp_psnr(G, probe)
+
+
+def refusal(before: Score, after: Score, cfg: AdaptConfig) -> str:
+    """Why a round whose score improved is still rejected by the probe, sharp and NIQE guards; "" to accept."""
+    if cfg.probe_guard and after.probe_psnr is not None and after.probe_psnr < before.probe_psnr - cfg.probe_tol_db:
+        return f"deblurring probe dropped {before.probe_psnr:.2f} -> {after.probe_psnr:.2f} dB"
+    if cfg.sharp_guard and after.sharp_psnr is not None and after.sharp_psnr < before.sharp_psnr - cfg.sharp_tol_db:
+        return (f"G now alters already-sharp images more (sharp probe {before.sharp_psnr:.2f} -> "
+                f"{after.sharp_psnr:.2f} dB): the motion it learned from over-reads the blur")
+    if cfg.niqe_guard and before.niqe is not None and after.niqe is not None and after.niqe > before.niqe + cfg.niqe_tol:
+        return f"NIQE rose {before.niqe:.3f} -> {after.niqe:.3f}"
+    return ""

@@ -358,8 +358,7 @@ def test_cli_adapt_on_a_tiny_folder(nets, tmp_path):
     digest = hashlib.sha256(w.read_bytes()).hexdigest()
     out = tmp_path / "w2.safetensors"
     common = ["--steps", 2, "--crop", 16, "--batch", 1, "--eval-crop", 16, "--eval-crops", 2, "--no-probe-guard",
-              "--min-blur-px", 0,
-              "--threads", 1]
+              "--no-sharp-guard", "--min-blur-px", 0, "--threads", 1]
     r = cli("adapt", folder, "--weights", w, "--out", out, "--min-gain", ACCEPT, *common)
     assert r.exit_code == 0, r.output
     assert '"accepted": true' in r.output and out.exists()
@@ -461,7 +460,7 @@ def test_stream_round_accepts_or_restores_bit_identically(nets):
     assert worker.count == 7 and worker.per_frame() > 0          # the flow ran (in the worker) and was timed
     worker.close()
     assert 1.0 < float(items[3].motion.norm(dim=0).mean() * 20) < 2.0   # ≈ 0.8 · |v| / 2 = 1.26 px
-    cfg = dict(steps=2, crop=16, batch=2, eval_crops=2, eval_crop=32, probe_guard=False, min_blur_px=0.0)
+    cfg = dict(steps=2, crop=16, batch=2, eval_crops=2, eval_crop=32, sharp_guard=False, min_blur_px=0.0)
     G = clone_model(G0)
     before = snapshot(G)
     res = StreamAdapter(G, stream_config({**cfg, "min_gain": REFUSE})).run_round(items[:5], items[5:])
@@ -485,7 +484,7 @@ def test_cli_adapt_on_a_video_folder_takes_the_stream_path(nets, tmp_path):
         cv2.imwrite(str(folder / f"{i:03d}.png"), (f.permute(1, 2, 0).numpy()[:, :, ::-1] * 255).round().astype(np.uint8))
     w = save_weights(tmp_path / "w.safetensors", G0, motion=M)
     out = tmp_path / "w2.safetensors"
-    common = ["--steps", 2, "--crop", 16, "--batch", 1, "--eval-crop", 32, "--eval-crops", 2, "--no-probe-guard",
+    common = ["--steps", 2, "--crop", 16, "--batch", 1, "--eval-crop", 32, "--eval-crops", 2, "--no-sharp-guard",
               "--threads", 1, "--min-gain", ACCEPT]
     r = cli("adapt", folder, "--weights", w, "--out", out, "--exposure", 0.8, *common)
     assert r.exit_code == 0, r.output

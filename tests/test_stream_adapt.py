@@ -40,7 +40,47 @@ def items():
     return motion_frames(blurry, list(range(7)), 0.8)
 
 
-TINY = dict(steps=2, crop=16, batch=2, eval_crops=2, eval_crop=32, probe_guard=False, min_blur_px=0.0, m_steps=2)
+#: the mechanics, not the guard (random nets alter sharp images whatever they learn: the sharp guard has its own tests)
+TINY = dict(steps=2, crop=16, batch=2, eval_crops=2, eval_crop=32, probe_guard=False, sharp_guard=False,
+            min_blur_px=0.0, m_steps=2)
+
+
+def test_sharp_probe_reads_how_much_G_alters_already_sharp_images():
+    from neurmap.edge_runtime.guard import sharp_psnr
+
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 32, 32)
+    pairs = (x, x)
+    blur = torch.nn.AvgPool2d(3, 1, 1, count_include_pad=False)
+    mild = sharp_psnr(lambda t: t + 0.2 * (t - blur(t)), pairs)     # unsharp masking, two strengths
+    strong = sharp_psnr(lambda t: t + 0.8 * (t - blur(t)), pairs)
+    assert sharp_psnr(lambda t: t, pairs) > 90 > mild > strong + 6
+
+
+def test_stream_guard_refuses_a_round_that_made_G_alter_sharp_images():
+    from neurmap.edge_runtime.guard import Score, refusal
+
+    cfg = stream_config()
+    assert cfg.sharp_guard and not cfg.probe_guard and not cfg.niqe_guard      # the stream path's guard
+    before = Score(1.0, 1.0, 0.0, niqe=5.0, probe_psnr=25.0, sharp_psnr=38.0)
+    worse = Score(0.8, 0.8, 0.0, niqe=4.0, probe_psnr=26.0, sharp_psnr=36.1)
+    assert "already-sharp" in refusal(before, worse, cfg)
+    better = Score(0.8, 0.8, 0.0, niqe=5.5, probe_psnr=24.5, sharp_psnr=38.2)   # blurred probe / NIQE: ignored
+    assert refusal(before, better, cfg) == ""
+    single = stream_config({"sharp_guard": False, "probe_guard": True, "niqe_guard": True})
+    assert "probe dropped" in refusal(before, better, single)
+
+
+def test_stream_round_records_both_probes_and_rolls_back_on_the_sharp_guard(nets, items):
+    G0, _ = nets
+    G = clone_model(G0)
+    ref = snapshot(G)
+    cfg = stream_config({**TINY, "sharp_guard": True, "sharp_tol_db": -50.0, "min_gain": ACCEPT, "lr": 1e-3})
+    res = StreamAdapter(G, cfg).run_round(items[:5], items[5:])   # a tolerance no round can meet
+    assert not res.accepted and "already-sharp" in res.reason
+    assert res.before.sharp_psnr is not None and res.after.sharp_psnr is not None
+    after = snapshot(G)
+    assert all(torch.equal(after[k], ref[k]) for k in ref)
 
 
 def test_fuse_takes_M_only_where_its_length_agrees_with_the_flow():
@@ -152,7 +192,7 @@ def test_cli_run_adapt_on_a_video_takes_the_stream_path(nets, tmp_path, monkeypa
     vw.release()
     w = save_weights(tmp_path / "w.safetensors", G0, motion=M)
     out = tmp_path / "online.safetensors"
-    opts = (f"steps=2,crop=16,batch=1,eval_crop=32,eval_crops=2,min_gain={ACCEPT},probe_guard=false,every=1,"
+    opts = (f"steps=2,crop=16,batch=1,eval_crop=32,eval_crops=2,min_gain={ACCEPT},sharp_guard=false,every=1,"
             f"min_blur_px=0,min_new=4,rounds=1,exposure=0.8,motion_source=fused,m_steps=1,out={out}")
     code, stdout, err = cli(["run", video, "--engine", w, "--quiet", "--adapt", "--adapt-opts", opts], capsys)
     assert code == 0, err
@@ -205,7 +245,7 @@ def test_cli_adapt_with_motion_source_m_saves_the_adapted_motion_net(nets, tmp_p
     out = tmp_path / "w2.safetensors"
     code, stdout, err = cli(["adapt", folder, "--weights", w, "--out", out, "--exposure", 0.8, "--motion-source", "m",
                              "--steps", 2, "--crop", 16, "--batch", 1, "--eval-crop", 32, "--eval-crops", 2,
-                             "--no-probe-guard", "--threads", 1, "--min-gain", ACCEPT, "--min-blur-px", 0], capsys)
+                             "--no-sharp-guard", "--threads", 1, "--min-gain", ACCEPT, "--min-blur-px", 0], capsys)
     assert code == 0, err
     line = json.loads(stdout[stdout.rindex('{"accepted"'):].splitlines()[0])
     assert line["accepted"] and line["mode"] == "stream" and line["motion_source"] == "m"
