@@ -50,13 +50,14 @@ from .guard import measure_probes, probe_if_guarded, refusal
 from .trainable import run_steps
 
 #: the stream path's guard: the held-out reblur score must fall (``min_gain``) and G must not alter already-sharp
-#: images more than before (:func:`~.guard.sharp_psnr`, tolerance ``sharp_tol_db``). Measured on 18 camera-shake
-#: clips of *training-split* photos with every round accepted (``bench/stream_guard.py``): the
-#: single-image path's blurred probe fell in every round that gained (by up to 0.58 dB in a +0.89 dB round: its
-#: targets are the current, still blurry outputs) and NIQE rose in two of the three best rounds, so together they
-#: rejected nearly every round; the rounds that lost 0.4-1.3 dB were those where G began to alter sharp images
-#: (sharp PSNR -0.7 to -2.9 dB), which is what over-reading flow teaches.
-
+#: images more than before (:func:`~.guard.sharp_psnr`, tolerance ``sharp_tol_db``). ``bench/stream_guard.py``
+#: replays each rule on 24 camera-shake clips of *training-split* photos with every round kept (mean gain over all
+#: clips, a rejected round counting 0): the single-image path's blurred probe + NIQE accepted 2 rounds (+0.005 dB:
+#: its targets are the current, still blurry outputs, so the probe fell in the rounds that gained, by up to 0.4 dB);
+#: the score alone 18 (+0.254 dB, 4 losing rounds); score + sharp probe 9 (+0.229 dB, 1 losing round, -0.19 dB);
+#: no guard 24 (+0.177 dB, 9 losing, worst -0.58). The rounds that lost most had G alter sharp images (sharp
+#: probe -2 to -3 dB): what over-read flow teaches.
+#:
 #: the stream path's defaults (the issue's check: 20 plain Adam steps, all weights at 5e-5, 96² crops). Velocity
 #: from the five-point stencil with DIS "fast" at half scale: on camera-shake clips its blur is 10-30 % closer to
 #: the known one than the central difference's (with each one's estimated exposure; ``bench/adapt_stream.py``), as
