@@ -29,7 +29,7 @@ class ExportRequest:
     calib: Optional[np.ndarray] = None          # calibration crops (N,3,h,w)
     method: str = "percentile"          # 99.999th: see export/ort_quant.py and bench/results/export.json
     exclude: str = "auto"                       # auto | none | comma-separated node names
-    exclude_budget: int = 12
+    exclude_budget: Optional[int] = None        # None: the architecture's measured default (int8_float_budget)
     qat_steps: int = 0
     workspace_gb: float = 2.0
     image_io: bool = False
@@ -37,6 +37,11 @@ class ExportRequest:
     opset: int = 17
     log: Callable[[str], None] = print
     extra_meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.exclude_budget is None:
+            from neurmap.core.models import int8_float_budget
+            self.exclude_budget = int8_float_budget(getattr(self.model, "name", ""))
 
 
 @dataclass

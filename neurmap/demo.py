@@ -114,7 +114,8 @@ def _ort_runner(model, meta: dict, hp: int, wp: int, calib: np.ndarray, int8: bo
         from neurmap.export.targets import ExportRequest, build_ort_int8
 
         # ExportRequest's defaults are `neurmap export --target ort --precision int8`'s shipped recipe
-        # (percentile ranges + up to 12 sensitivity-chosen convs in float): the demo shows what the CLI ships
+        # (percentile ranges + the net's measured budget of sensitivity-chosen convs in float, 0 for the compact
+        # nets): the demo shows what the CLI ships
         req = ExportRequest(model=model, weights_meta=meta, out=Path(), precision="int8", shapes=[(hp, wp)],
                             calib=np.ascontiguousarray(calib, dtype=np.float32), log=lambda _msg: None)
         recipe = f"{req.method}-x{req.exclude_budget if req.exclude == 'auto' else req.exclude}-q{req.qat_steps}"
@@ -122,8 +123,9 @@ def _ort_runner(model, meta: dict, hp: int, wp: int, calib: np.ndarray, int8: bo
         if not req.out.exists():
             build_ort_int8(req)
         path = req.out
-        notes.append(f"INT8 recipe: neurmap export's default ({req.method} ranges, up to {req.exclude_budget} "
-                     f"convs kept in float), calibrated on {len(calib)} frames of this clip")
+        kept = "no conv" if req.exclude_budget == 0 else f"up to {req.exclude_budget} convs"
+        notes.append(f"INT8 recipe: neurmap export's default ({req.method} ranges, {kept} kept in float), "
+                     f"calibrated on {len(calib)} frames of this clip")
     sess = onnx_session(path, threads=threads)
     name = sess.get_inputs()[0].name
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import platform
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -251,3 +252,15 @@ def test_coreml_predicts_on_macos(coreml_fp16):
     run = raw_runner(coreml_fp16[0])  # pragma: no cover
     y = run(np.random.default_rng(0).random((1, 3, 64, 96), dtype=np.float32))  # pragma: no cover
     assert y.shape == (1, 3, 64, 96)  # pragma: no cover
+
+
+def test_int8_float_budget_defaults_per_network_and_an_explicit_one_wins():
+    from neurmap.export.targets import ExportRequest
+
+    def req(name, **kw):
+        return ExportRequest(model=build_model(name), weights_meta={}, out=Path("x.onnx"), precision="int8",
+                             shapes=[(64, 64)], **kw)
+
+    assert req("dmphn_1_2_4").exclude_budget == 12        # measured on DMPHN: 12 of 90 convs, 0.09 dB
+    assert req("compact").exclude_budget == 0             # measured on the compact net: 0, 0.01-0.03 dB
+    assert req("compact", exclude_budget=3).exclude_budget == 3

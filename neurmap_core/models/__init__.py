@@ -18,23 +18,33 @@ class ModelSpec:
     role: str
     kwargs: dict = field(default_factory=dict)
     description: str = ""
+    #: convs ONNX Runtime INT8 keeps in float by default (``neurmap export --exclude-budget``), measured per net:
+    #: DMPHN 1-2-4 12 of 90 (0.09 dB loss; bench/results/export.json); the compact nets 0 — with no conv in float
+    #: they lose 0.01-0.03 dB and run 2.1x faster than with 12 (bench/results/int8_budget.json)
+    int8_float_convs: int = 12
 
 
 MODELS: dict[str, ModelSpec] = {s.name: s for s in [
     ModelSpec("dmphn_1_2_4", "dmphn:DMPHN", "deblur", {"levels": 3}, "DMPHN 1-2-4 (the paper's DMPHN)"),
     ModelSpec("dmphn_1_2_4_8", "dmphn:DMPHN", "deblur", {"levels": 4}, "DMPHN 1-2-4-8 (what the NeurMAP code trains)"),
     ModelSpec("mprnet", "mprnet:MPRNet", "deblur", {}, "MPRNet, 3-stage deblurring"),
-    ModelSpec("compact", "compact:CompactDeblur", "deblur", {}, "CompactDeblur: our real-time U-Net (~27 GMAC at 720p)"),
+    ModelSpec("compact", "compact:CompactDeblur", "deblur", {}, "CompactDeblur: our real-time U-Net (~29 GMAC at 720p)", 0),
     ModelSpec("compact_rep", "compact:CompactDeblur", "deblur", {"block": "rep"},
-              "CompactDeblur with re-parameterisable blocks for training; folds into `compact`"),
+              "CompactDeblur with re-parameterisable blocks for training; folds into `compact`", 0),
     ModelSpec("compact_deep", "compact:CompactDeblur", "deblur", {"deep": 256},
-              "CompactDeblur with a fourth, 1/16 level (256 channels): twice the receptive field, ~38 GMAC at 720p"),
+              "CompactDeblur with a fourth, 1/16 level (256 channels): twice the receptive field, ~38 GMAC at 720p", 0),
     ModelSpec("compact_gated", "compact:CompactDeblur", "deblur", {"block": "gated"},
-              "CompactDeblur with NAFNet-style gated blocks (SimpleGate + channel attention)"),
+              "CompactDeblur with NAFNet-style gated blocks (SimpleGate + channel attention)", 0),
     ModelSpec("motion", "motion:MotionNet", "motion", {}, "NeurMAP motion net (OffsetNet)"),
     ModelSpec("discriminator", "discriminator:MultiscaleDiscriminator", "discriminator", {},
               "2-scale PatchGAN natural-image discriminator"),
 ]}
+
+
+def int8_float_budget(name: str) -> int:
+    """The measured default of convs kept in float for INT8 (:attr:`ModelSpec.int8_float_convs`); 12 for a net
+    the registry does not know."""
+    return MODELS[name].int8_float_convs if name in MODELS else 12
 
 
 def build_network(name: str) -> nn.Module:
