@@ -69,6 +69,11 @@ def test_stream_guard_refuses_a_round_that_made_G_alter_sharp_images():
     assert refusal(before, better, cfg) == ""
     single = stream_config({"sharp_guard": False, "probe_guard": True, "niqe_guard": True})
     assert "probe dropped" in refusal(before, better, single)
+    for source in ("m", "fused"):                # M under-reads: the blurred probe guards the drift to identity
+        cfg_m = stream_config({"motion_source": source})
+        assert cfg_m.sharp_guard and cfg_m.probe_guard
+        assert "probe dropped" in refusal(before, better, cfg_m)
+    assert not stream_config({"motion_source": "m", "probe_guard": False}).probe_guard     # an explicit choice wins
 
 
 def test_stream_round_records_both_probes_and_rolls_back_on_the_sharp_guard(nets, items):
@@ -192,8 +197,9 @@ def test_cli_run_adapt_on_a_video_takes_the_stream_path(nets, tmp_path, monkeypa
     vw.release()
     w = save_weights(tmp_path / "w.safetensors", G0, motion=M)
     out = tmp_path / "online.safetensors"
-    opts = (f"steps=2,crop=16,batch=1,eval_crop=32,eval_crops=2,min_gain={ACCEPT},sharp_guard=false,every=1,"
-            f"min_blur_px=0,min_new=4,rounds=1,exposure=0.8,motion_source=fused,m_steps=1,out={out}")
+    opts = (f"steps=2,crop=16,batch=1,eval_crop=32,eval_crops=2,min_gain={ACCEPT},sharp_guard=false,"
+            f"probe_guard=false,every=1,min_blur_px=0,min_new=4,rounds=1,exposure=0.8,motion_source=fused,m_steps=1,"
+            f"out={out}")
     code, stdout, err = cli(["run", video, "--engine", w, "--quiet", "--adapt", "--adapt-opts", opts], capsys)
     assert code == 0, err
     a = json.loads(stdout[stdout.index("{"):])["adaptation"]
@@ -245,7 +251,8 @@ def test_cli_adapt_with_motion_source_m_saves_the_adapted_motion_net(nets, tmp_p
     out = tmp_path / "w2.safetensors"
     code, stdout, err = cli(["adapt", folder, "--weights", w, "--out", out, "--exposure", 0.8, "--motion-source", "m",
                              "--steps", 2, "--crop", 16, "--batch", 1, "--eval-crop", 32, "--eval-crops", 2,
-                             "--no-sharp-guard", "--threads", 1, "--min-gain", ACCEPT, "--min-blur-px", 0], capsys)
+                             "--no-sharp-guard", "--no-probe-guard", "--threads", 1, "--min-gain", ACCEPT,
+                             "--min-blur-px", 0], capsys)
     assert code == 0, err
     line = json.loads(stdout[stdout.rindex('{"accepted"'):].splitlines()[0])
     assert line["accepted"] and line["mode"] == "stream" and line["motion_source"] == "m"
