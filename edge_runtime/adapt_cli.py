@@ -221,7 +221,7 @@ def attach_from_cli(pipe, engine: str, opts_text: Optional[str] = None, on_event
 
     from .adaptation import AdaptConfig, default_lr, default_out, resolve_motion
     from .hotswap import OnlineAdapter, model_from_onnx, swapper_for
-    from .stream_adapt import StreamBuffer, flow_worker, stream_config
+    from .stream_adapt import STREAM_FLOW_EVERY, StreamBuffer, flow_worker, stream_config
     from .stream_cli import is_stream_source
 
     cfg_kw, run = parse_run_opts(opts_text)
@@ -257,7 +257,8 @@ def attach_from_cli(pipe, engine: str, opts_text: Optional[str] = None, on_event
         raise NeurmapError("--adapt-opts out= is the original weights file; adapted weights never overwrite it")
     prov = {"adapted_from": str(weights or engine), "base_weights": str(weights or engine),
             "source": pipe.source.describe(), "engine": str(engine), "motion": motion_src}
-    every, capacity = run.get("every", 2), run.get("capacity", 24)
+    # the stream path flows one centre frame in 4 (STREAM_FLOW_EVERY: flow's share of the INT8 frame time)
+    every, capacity = run.get("every", STREAM_FLOW_EVERY if stream else 2), run.get("capacity", 24)
     buf = None
     if stream:
         buf = StreamBuffer(flow_worker(cfg), capacity=capacity, every=every, exposure=run.get("exposure"),

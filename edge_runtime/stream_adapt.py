@@ -61,8 +61,9 @@ from .trainable import run_steps
 #: the stream path's defaults (the issue's check: 20 plain Adam steps, all weights at 5e-5, 96² crops). Velocity
 #: from the five-point stencil with DIS "fast" at half scale: on camera-shake clips its blur is 10-30 % closer to
 #: the known one than the central difference's (with each one's estimated exposure; ``bench/adapt_stream.py``), as
-#: close at half scale as at full; at 640×360 its 4 flows take 20 ms of CPU, 16 % of the default's INT8 inference
-#: (125 ms), where one "medium" flow at full scale (the central difference's old setting) takes 34 ms, 27 %
+#: close at half scale as at full; at 640×360 its 4 flows take 21 ms of CPU, 36 % of the default's INT8 inference
+#: (59 ms; 16 % of the 125 ms it took with 12 convs in float), where one "medium" flow at full scale (the central
+#: difference's old setting) takes 36 ms, 61 %: hence one centre frame in STREAM_FLOW_EVERY
 STREAM_DEFAULTS = {"params": "all", "lr": 5e-5, "w_sharp": 0.0, "min_blur_px": 0.5,
                    "sharp_guard": True, "probe_guard": False, "niqe_guard": False,   # the guard: see above
                    "flow_points": 5, "flow_preset": "fast", "flow_scale": 0.5}
@@ -424,6 +425,13 @@ class StreamAdapter:
         return result(True, f"{what} {before.total:.5f} -> {after.total:.5f}", done, before, after, step_s, losses)
 
 
+#: the stream buffer flows one centre frame in this many: the five-point velocity (4 DIS "fast" flows at half
+#: scale) costs 21 ms of CPU at 640×360, 36 % of the default's INT8 inference (59 ms, no conv in float since
+#: issue 12's per-net budget; bench/results/adapt_stream.json), so one in 4 is 9 % of the frame time while the ring
+#: fills and nothing once it holds a round's frames (24 centres take 3.2 s of 30 fps video)
+STREAM_FLOW_EVERY = 4
+
+
 class StreamBuffer:
     """Frames of a running stream with their neighbours' flow: the stream path of ``neurmap run --adapt``.
 
@@ -440,7 +448,7 @@ class StreamBuffer:
     first ``exposure_frames`` consecutive frames estimate it (in the worker) first."""
 
     def __init__(self, worker: Optional[FlowWorker] = None, capacity: int = 24, holdout_every: int = 4,
-                 every: int = 2, exposure: Optional[float] = None, exposure_frames: int = 12, max_pending: int = 2,
+                 every: int = STREAM_FLOW_EVERY, exposure: Optional[float] = None, exposure_frames: int = 12, max_pending: int = 2,
                  points: int = 3, on_event: Callable[[str], None] = lambda m: None) -> None:
         self.worker = worker or FlowWorker()
         self.points = int(points)
