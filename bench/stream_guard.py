@@ -76,7 +76,8 @@ def main() -> None:
         items = motion_frames(list(b[:11]), list(range(10)), est.exposure, worker, 5)
         train, held = split_items(items)
         G = copy.deepcopy(G0)
-        res = StreamAdapter(G, stream_config({"steps": args.steps, "device": "cpu", **PERMISSIVE})).run_round(train, held)
+        cfg = stream_config({"steps": args.steps, "device": "cpu", **PERMISSIVE})
+        res = StreamAdapter(G, cfg).run_round(train, held)
         p0, p1 = psnr_frames(G0, b[after], s[after]), psnr_frames(G, b[after], s[after])
         row = {"photo": f"{photos[i].parent.name}/{photos[i].name}", "exposure": e,
                "exposure_est": round(est.exposure, 3), "gain_db": round(p1 - p0, 3), "kept": res.accepted,

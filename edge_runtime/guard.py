@@ -119,6 +119,7 @@ def refusal(before: Score, after: Score, cfg: AdaptConfig) -> str:
     if cfg.sharp_guard and after.sharp_psnr is not None and after.sharp_psnr < before.sharp_psnr - cfg.sharp_tol_db:
         return (f"G now alters already-sharp images more (sharp probe {before.sharp_psnr:.2f} -> "
                 f"{after.sharp_psnr:.2f} dB): the motion it learned from over-reads the blur")
-    if cfg.niqe_guard and before.niqe is not None and after.niqe is not None and after.niqe > before.niqe + cfg.niqe_tol:
+    niqe = cfg.niqe_guard and before.niqe is not None and after.niqe is not None
+    if niqe and after.niqe > before.niqe + cfg.niqe_tol:
         return f"NIQE rose {before.niqe:.3f} -> {after.niqe:.3f}"
     return ""

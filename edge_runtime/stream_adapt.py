@@ -448,8 +448,8 @@ class StreamBuffer:
     first ``exposure_frames`` consecutive frames estimate it (in the worker) first."""
 
     def __init__(self, worker: Optional[FlowWorker] = None, capacity: int = 24, holdout_every: int = 4,
-                 every: int = STREAM_FLOW_EVERY, exposure: Optional[float] = None, exposure_frames: int = 12, max_pending: int = 2,
-                 points: int = 3, on_event: Callable[[str], None] = lambda m: None) -> None:
+                 every: int = STREAM_FLOW_EVERY, exposure: Optional[float] = None, exposure_frames: int = 12,
+                 max_pending: int = 2, points: int = 3, on_event: Callable[[str], None] = lambda m: None) -> None:
         self.worker = worker or FlowWorker()
         self.points = int(points)
         self.ring = FrameBuffer(capacity=capacity, holdout_every=holdout_every)
