@@ -46,12 +46,12 @@ def heldout_clip(size=CLIP_SIZE, n_clips: int = 2, frames: int = 8) -> tuple[tor
     return torch.cat([c[0] for c in clips]), torch.cat([c[1] for c in clips])
 
 
-def psnr_vs(infer, frames: np.ndarray, truth: torch.Tensor, h: int, w: int) -> np.ndarray:
-    """Per-frame PSNR of an engine's outputs (cropped back to h x w) against ``truth``."""
+def psnr_vs(infer, frames: np.ndarray, truth: torch.Tensor, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """(per-frame PSNR against ``truth``, the outputs) of an engine, outputs cropped back to h x w."""
     from neurmap.core.metrics import psnr_per_image
 
     out = np.concatenate([infer(f[None]) for f in frames])[..., :h, :w]
-    return psnr_per_image(torch.from_numpy(out).clamp(0, 1), truth).double().numpy()
+    return psnr_per_image(torch.from_numpy(out).clamp(0, 1), truth).double().numpy(), out
 
 
 def main() -> None:
@@ -104,8 +104,9 @@ def main() -> None:
             for v, sess in variants.items():
                 iname = sess.get_inputs()[0].name
                 infer = (lambda x, s=sess, n=iname: s.run(None, {n: x})[0])
-                quality[v] = {src: psnr_vs(infer, fr, truth, h, w) for src, (fr, truth) in sources.items()}
-                quality[v]["_out"] = np.concatenate([infer(f[None]) for f in sources["demo clip"][0][:4]])
+                scored = {src: psnr_vs(infer, fr, truth, h, w) for src, (fr, truth) in sources.items()}
+                quality[v] = {src: p for src, (p, _) in scored.items()}
+                quality[v]["_out"] = scored["demo clip"][1][:4]        # agreement: the first 4 demo frames
                 engines.setdefault(f"{name} {v}", {}).update({"infer": infer, "frames": sources["demo clip"][0],
                                                               "gmac": gmac, "net": name, "variant": v})
             ref = np.clip(quality["fp32"]["_out"], 0, 1)

@@ -39,7 +39,10 @@ SIGNALS = ("total", "probe_psnr", "sharp_psnr", "niqe")
 
 def rules(tol: float = 0.0) -> dict:
     """name -> accept(row): the guards the stream path could use, on the recorded before/after readings."""
-    fell = lambda r: r["total"][1] < r["total"][0] * (1 - 0.002)                     # noqa: E731
+    from neurmap.edge_runtime.adapt_config import AdaptConfig
+
+    min_gain = AdaptConfig.min_gain                                                  # the stream path's default
+    fell = lambda r: r["total"][1] < r["total"][0] * (1 - min_gain)                  # noqa: E731
     probe = lambda r: r["probe_psnr"][1] >= r["probe_psnr"][0]                       # noqa: E731
     sharp = lambda r: r["sharp_psnr"][1] >= r["sharp_psnr"][0] - tol                 # noqa: E731
     niqe = lambda r: r["niqe"][1] <= r["niqe"][0]                                    # noqa: E731
