@@ -45,6 +45,20 @@ def test_flow_blur_reads_a_known_translation_blur():
     assert end[1] == pytest.approx(v[1], rel=0.15)
 
 
+@pytest.mark.parametrize("as_array", [False, True])
+def test_five_point_velocity_at_half_scale_reads_full_size_pixels(as_array):
+    """The stencil is combined at the working scale and upsampled once: the result is on the frame's own grid
+    and in its pixels, for tensors and H×W×3 uint8 arrays alike."""
+    v = (1.5, 4.0)
+    frames = _translation_clip(v, 0.5, n=5)
+    if as_array:
+        frames = [(f.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8) for f in frames]
+    vel = velocity(frames, 2, FlowEstimator(scale=0.5, preset="fast"), points=5)
+    assert vel.shape == (2, 96, 128)
+    inner = vel[:, 16:-16, 16:-16].reshape(2, -1).mean(1)
+    assert inner[0] == pytest.approx(v[0], rel=0.1) and inner[1] == pytest.approx(v[1], rel=0.1)
+
+
 def test_flow_blur_explains_the_observed_blur_better_than_other_fractions():
     """Reblurring the (known) sharp frame with the flow-derived motion at the true fraction reproduces the
     blurry frame better than at half or double it."""
