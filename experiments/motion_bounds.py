@@ -1,0 +1,86 @@
+"""What does issue #13's motion acceptance ask of M: reading the blur's direction, or its length?
+
+On ``bench/motion_quality.py``'s held-out camera-shake clips (the acceptance set, same metric: sign-invariant EPE /
+true mean blur, magnitude ratio), readers that each know part of the truth:
+
+* the true direction with one length for every pixel (the set's mean), or with each frame's mean length;
+* the direction of least gradient energy of the blurry frame (its structure tensor, per frame or per 64² tile —
+  no learning) with the true per-pixel length, or with each frame's mean length;
+* a motion net as it reads, its direction with the true length, and the true direction with its length — which
+  half of its error is direction and which is length.
+
+    python experiments/motion_bounds.py [--motion default]
+
+~1 minute.
+"""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+
+from _setup import RESULTS  # noqa: I001  (first: puts bench/ on sys.path)
+from common import report
+from motion_quality import load_motion_net, predict, shake_clips, sums
+
+
+def unit(m: torch.Tensor) -> torch.Tensor:
+    return m / m.norm(dim=1, keepdim=True).clamp(min=1e-9)
+
+
+def structure_direction(blurry: torch.Tensor, tile: int | None = None) -> torch.Tensor:
+    """(N,2,H,W) unit (dy, dx) of least luma-gradient energy per frame (``tile=None``) or per tile²-pixel tile."""
+    g = blurry.mean(1)
+    gy = torch.zeros_like(g)
+    gx = torch.zeros_like(g)
+    gy[:, 1:-1] = (g[:, 2:] - g[:, :-2]) / 2
+    gx[:, :, 1:-1] = (g[:, :, 2:] - g[:, :, :-2]) / 2
+    prods = torch.stack([gy * gy, gx * gx, gy * gx], 1)
+    if tile is None:
+        s = prods.mean((2, 3), keepdim=True).expand_as(prods)
+    else:
+        pooled = torch.nn.functional.avg_pool2d(prods, tile, ceil_mode=True)
+        s = torch.nn.functional.interpolate(pooled, scale_factor=tile, mode="nearest")[..., :g.shape[1], :g.shape[2]]
+    syy, sxx, sxy = s[:, 0], s[:, 1], s[:, 2]
+    theta = 0.5 * torch.atan2(2 * sxy, sxx - syy)          # direction of largest gradient energy, (x, y) angle
+    return torch.stack([torch.cos(theta), -torch.sin(theta)], 1)   # the perpendicular, as (dy, dx)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--motion", default="default", help="NAME_OR_PATH of the motion net to decompose")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    net = load_motion_net(args.motion)
+    clips = shake_clips()
+    truth_px = torch.cat([c["truth"] for c in clips]).norm(dim=1).mean()
+    acc: dict[str, np.ndarray] = {}
+    for c in clips:
+        b, t = c["blurry"], c["truth"]
+        length = t.norm(dim=1, keepdim=True)
+        frame_len = length.mean((2, 3), keepdim=True)
+        p = predict(net, b)
+        st_frame, st_tile = structure_direction(b), structure_direction(b, 64)
+        readers = {
+            "zero": torch.zeros_like(t),
+            "true direction, one length": unit(t) * truth_px,
+            "true direction, frame's mean length": unit(t) * frame_len,
+            "structure-tensor direction (frame), true length": st_frame * length,
+            "structure-tensor direction (64² tiles), true length": st_tile * length,
+            "structure-tensor direction (frame), frame's mean length": st_frame * frame_len,
+            f"{args.motion}: as it reads": p,
+            f"{args.motion}: its direction, true length": unit(p) * length,
+            f"{args.motion}: true direction, its length": unit(t) * p.norm(dim=1, keepdim=True),
+        }
+        for name, m in readers.items():
+            acc[name] = acc.get(name, 0) + sums(m, t)
+    rows = [{"reader": name, "epe": round(s[0] / s[2], 3), "mag": round(s[1] / s[2], 3)} for name, s in acc.items()]
+    report("motion_bounds", rows, {
+        "clips": "bench/motion_quality.py's held-out shake clips (8 photos x 8 frames, 192x256, exposures 0.3-1)",
+        "epe": "mean sign-invariant endpoint error / true mean |m|; the acceptance asks <= 0.35 with mag 0.8-1.25",
+        "motion": args.motion}, results=RESULTS)
+
+
+if __name__ == "__main__":
+    main()
