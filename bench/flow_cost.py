@@ -28,13 +28,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from adapt_stream import cpu_ms  # noqa: E402
 from common import report  # noqa: E402
-from motion_quality import sums  # noqa: E402
+from motion_quality import EXPOSURES, shake_clips, sums  # noqa: E402
 
-from neurmap.core.data import camera_shake_clip, photo_split  # noqa: E402
 from neurmap.core.flow_motion import FlowEstimator, velocity, velocity_to_motion  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-EXPOSURES = (0.3, 0.5, 0.75, 1.0)
 SIZE = (360, 640)
 #: (preset, scale, points); the stream path's default before this bench: ("fast", 0.5, 5)
 SETTINGS = [(p, s, n) for n in (5, 3) for p, s in (("medium", 0.5), ("fast", 0.5), ("ultrafast", 0.5),
@@ -42,16 +39,11 @@ SETTINGS = [(p, s, n) for n in (5, 3) for p, s in (("medium", 0.5), ("fast", 0.5
                                                    ("ultrafast", 0.33))]
 
 
-def shake_clips(n_clips: int, frames: int = 7) -> list[dict]:
-    """Held-out photos as 640×360 handheld clips (blurry uint8 frames, the known blur, the exposure)."""
-    held = photo_split(DATA / "sharp_photos", "heldout")
-    clips = []
-    for k in range(n_clips):
-        e = EXPOSURES[k % len(EXPOSURES)]
-        b, _, m = camera_shake_clip(str(held[(7 * k + 3) % len(held)]), n_frames=frames, sub_frames=15, size=SIZE,
-                                    max_blur_px=15.0, exposure=e, seed=900 + k, motion=True)
-        clips.append({"frames": [(f * 255 + 0.5).to(torch.uint8) for f in b], "truth": m, "exposure": e})
-    return clips
+def stream_clips(n_clips: int, frames: int = 7) -> list[dict]:
+    """``bench/motion_quality.py``'s held-out shake clips, at the stream's size and as the stream buffer holds
+    frames (uint8)."""
+    clips = shake_clips(n_clips=n_clips, frames=frames, size=SIZE)
+    return [dict(c, frames=[(f * 255 + 0.5).to(torch.uint8) for f in c["blurry"]]) for c in clips]
 
 
 def int8_ms(clip_frames: list[torch.Tensor]) -> float:
@@ -74,7 +66,7 @@ def main() -> None:
     torch.set_num_threads(1)
     cv2.setNumThreads(1)                      # one thread each, like the INT8 engine it is compared with
     t0, load0 = time.time(), os.getloadavg()
-    clips = shake_clips(args.clips)
+    clips = stream_clips(args.clips)
     ref_ms = int8_ms(clips[0]["frames"])
     rows = []
     for preset, scale, points in SETTINGS:
@@ -91,7 +83,8 @@ def main() -> None:
                      "flow_over_int8_%": round(100 * ms / ref_ms, 1), "within_20%": bool(ms <= 0.2 * ref_ms)})
     report(args.name, rows, {
         "seconds": round(time.time() - t0, 1), "load_avg_start": load0, "load_avg_end": os.getloadavg(),
-        "clips": f"{args.clips} held-out photos x 7 frames at {SIZE[1]}x{SIZE[0]}, 15 sub-frames, max 15 px / 1 deg, "
+        "clips": f"bench/motion_quality.py's first {args.clips} held-out shake clips, 7 frames at {SIZE[1]}x{SIZE[0]} "
+                 "(15 sub-frames, max 15 px / 1 deg), "
                  f"exposures {EXPOSURES}, scored on frames 2-4 (known exposure), 8 px border excluded",
         "clock": "CPU ms (process time) per flowed frame, one thread; int8_ms: the shipped default's INT8 engine "
                  "(neurmap.demo.prepare_runner, ort-int8) on one 640x360 frame, one thread, same run"})
