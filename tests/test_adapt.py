@@ -504,7 +504,7 @@ def test_cli_motion_reports_the_motion_net_beside_flow(nets, tmp_path):
     G0, M = nets
     folder = tmp_path / "clip"
     folder.mkdir()
-    blurry, _ = _moving_clip(n=4)
+    blurry, _ = _moving_clip(n=6)                       # frames 2-3 take the stream's five-point stencil
     for i, f in enumerate(blurry):
         cv2.imwrite(str(folder / f"{i:03d}.png"), (f.permute(1, 2, 0).numpy()[:, :, ::-1] * 255).round().astype(np.uint8))
     w = save_weights(tmp_path / "w.safetensors", G0, motion=M)
@@ -512,7 +512,7 @@ def test_cli_motion_reports_the_motion_net_beside_flow(nets, tmp_path):
     r = cli("motion", folder, "--weights", w, "--exposure", 0.8, "-o", video, "--json")
     assert r.exit_code == 0, r.output
     res = json.loads(r.output[r.output.index("{"):])
-    assert res["stream"] and res["frames"] == 4 and len(res["per_frame"]) == 4
+    assert res["stream"] and res["frames"] == 6 and len(res["per_frame"]) == 6
     assert 0.9 < res["mean_flow_px"] < 2.0                         # ≈ 0.8 · |(1, 3)| / 2 = 1.26 px
     assert res["mean_M_px"] >= 0 and "M_vs_flow_error_px" in res["per_frame"][0]
     cap = cv2.VideoCapture(str(video))
