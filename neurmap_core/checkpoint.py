@@ -229,5 +229,6 @@ def load_motion(path_or_name: str | Path) -> MotionModel:
                 state[k.replace(".conv1.", f".model.{idx}.").replace(".conv2.", f".model.{idx}.")] = state[k]
     else:
         state = safe_torch_load(p)
+    state.setdefault("prior_scale", torch.zeros(()))     # saved before the blur prior (or official): prior off
     load_state_strict(net, state, "motion", str(p))
     return to_channels_last(MotionModel(net).eval())

@@ -39,6 +39,9 @@ class TrainConfig:
     backbone: str = "dmphn_1_2_4_8"
     init_weights: str | None = None          # checkpoint, official DMPHN folder or shipped name
     init_motion: str | None = None           # a checkpoint carrying a motion net
+    # > 0: M's closed-form blur prior (models/blur_prior.py) on at this length scale; an M that had it off starts
+    # with a zeroed output conv, as exactly the prior, and learns a correction to it. 0: off. null: as loaded
+    motion_prior: float | None = None
     output_dir: str = "runs/neurmap"
     iterations: int = 1000                   # deblur-net (G) iterations
     warmup_iterations: int = 0               # before them: M and D steps only, G frozen (see Trainer)
@@ -91,6 +94,10 @@ class TrainConfig:
         if self.synthesis_device not in ("cpu", "auto", "cuda"):
             raise ConfigError(f"synthesis_device={self.synthesis_device!r}: use cpu (worker processes), cuda "
                               "(rendered on the training device) or auto (cuda when training on a GPU)")
+        if self.motion_prior is not None and not (isinstance(self.motion_prior, (int, float))
+                                                  and 0 <= self.motion_prior <= 4):
+            raise ConfigError(f"motion_prior={self.motion_prior!r}: give the prior's length scale (a number in "
+                              "(0, 4], e.g. 0.7), 0 to turn it off, or null to keep the loaded motion net's")
         if self.paired_only and self.motion_only:
             raise ConfigError("paired_only and motion_only exclude each other: paired_only trains only G, "
                               "motion_only only M; set one of them")
@@ -264,6 +271,12 @@ def build_nets(cfg: TrainConfig) -> tuple[DeblurModel, MotionModel, nn.Module]:
         M = load_motion(cfg.init_motion).train()
     else:
         M = MotionModel(build_network("motion"))
+    if cfg.motion_prior is not None:
+        net = M.net
+        if cfg.motion_prior > 0 and float(net.prior_scale) == 0:
+            nn.init.zeros_(net.conv_out_0.weight)       # M = the prior exactly; the net learns a correction to it
+            nn.init.zeros_(net.conv_out_0.bias)
+        net.prior_scale.fill_(float(cfg.motion_prior))
     return G, M, build_network("discriminator")
 
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-MOTION_SCALE = 20.0
+from .blur_prior import MOTION_SCALE, frame_blur
 
 
 class ResnetBlock(nn.Module):
@@ -51,12 +51,17 @@ def space_to_depth(x: torch.Tensor) -> torch.Tensor:
 
 
 class MotionNet(nn.Module):
-    """OffsetNet: 1,128,002 parameters. H and W must be multiples of ``pad_multiple``."""
+    """OffsetNet: 1,128,002 parameters. H and W must be multiples of ``pad_multiple``.
+
+    ``prior_scale`` (a buffer, saved with the weights): when > 0 the net's output is added to the closed-form
+    blur of :func:`~.blur_prior.frame_blur` times it — its length calibration — so the net learns a correction
+    to a reading that is already right in direction. 0 (the official net, and any checkpoint without it): off."""
 
     pad_multiple = 8
 
-    def __init__(self, nf: int = 16, out_channels: int = 2) -> None:
+    def __init__(self, nf: int = 16, out_channels: int = 2, prior_scale: float = 0.0) -> None:
         super().__init__()
+        self.register_buffer("prior_scale", torch.tensor(float(prior_scale)))
         self.conv_1 = _conv_tri_res(12, nf, 1)
         self.conv_2 = _conv_tri_res(nf, nf * 2, 2)
         self.conv_3 = _conv_tri_res(nf * 2, nf * 4, 2)
@@ -75,4 +80,12 @@ class MotionNet(nn.Module):
         u1 = torch.cat((F.leaky_relu(self.uconv_1(d3), 0.2), d2), dim=1)
         u2 = torch.cat((F.leaky_relu(self.uconv_2(self.bottleneck_2(u1)), 0.2), d1), dim=1)
         u3 = self.uconv_3(self.bottleneck_3(u2))
-        return self.conv_out_0(F.relu(u3))
+        out = self.conv_out_0(F.relu(u3))
+        if float(self.prior_scale) > 0:
+            out = out + self.prior_scale * frame_blur(x)
+        return out
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints from before the prior (and the official weights) carry no prior_scale: theirs is 0
+        state_dict.setdefault(prefix + "prior_scale", torch.zeros(()))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
