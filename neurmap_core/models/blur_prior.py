@@ -49,7 +49,7 @@ def _base_grid(gray: torch.Tensor) -> torch.Tensor:
 def _shift(gray: torch.Tensor, base: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
     """gray(p + offset) per image, bilinear, border-replicated; offset (B,2) in px (dy, dx). Built from
     GridSample alone (affine_grid needs ONNX opset 20)."""
-    h, w = (int(n) for n in gray.shape[-2:])           # python numbers: traced shapes would make this double
+    h, w = (int(n) for n in gray.shape[-2:])
     per_px = torch.tensor([2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1)], dtype=gray.dtype, device=gray.device)
     step = offset.flip(1) * per_px                     # (dy, dx) px -> (x, y) in grid units
     grid = (base + step[:, None, None, :]).to(gray.dtype)      # the ONNX tracer promotes scalars to double

@@ -1,8 +1,9 @@
 """Motion net M (NeurMAP's OffsetNet): a per-pixel linear blur motion (dy, dx) from one image.
 
 Layout and parameter names equal the official ``OffsetNet`` (including the bottlenecks' modules being
-registered twice, as ``convN`` and inside ``model``), so official weights load unchanged. The output is
-in units of 20 px (``MOTION_SCALE``); :func:`neurmap.core.reblur` applies that scale.
+registered twice, as ``convN`` and inside ``model``), so official weights load unchanged (with our closed-form
+prior off: ``prior_scale`` 0). The output is in units of 20 px (``MOTION_SCALE``); :func:`neurmap.core.reblur`
+applies that scale.
 """
 from __future__ import annotations
 
@@ -55,7 +56,8 @@ class MotionNet(nn.Module):
 
     ``prior_scale`` (a buffer, saved with the weights): when > 0 the net's output is added to the closed-form
     blur of :func:`~.blur_prior.frame_blur` times it — its length calibration — so the net learns a correction
-    to a reading that is already right in direction. 0 (the official net, and any checkpoint without it): off."""
+    to a reading that is already close (held-out shake: 0.39 of the blur, the net alone 0.76). 0 (the official
+    net, and any checkpoint without it): off."""
 
     pad_multiple = 8
 
