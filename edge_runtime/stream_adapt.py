@@ -61,9 +61,9 @@ from .trainable import run_steps
 #: the stream path's defaults (the issue's check: 20 plain Adam steps, all weights at 5e-5, 96² crops). Velocity
 #: from the five-point stencil with DIS "fast" at half scale: on camera-shake clips its blur is 10-30 % closer to
 #: the known one than the central difference's (with each one's estimated exposure; ``bench/adapt_stream.py``), as
-#: close at half scale as at full; at 640×360 its 4 flows take 23-36 % of the default's INT8 inference (16 % of
-#: the 125 ms it took with 12 convs in float), one "medium" flow at full scale (the central difference's old
-#: setting) 53-61 %: hence one centre frame in STREAM_FLOW_EVERY
+#: close at half scale as at full; at 640×360, with the stencil combined at half scale and upsampled once, its 4
+#: flows take 7.3 ms, 12 % of the default's INT8 inference (``bench/flow_cost.py``: error 0.27 of the known blur,
+#: the central difference's 0.41; "medium" 0.27 at 53 %, "ultrafast" 0.28 at 9 %)
 STREAM_DEFAULTS = {"params": "all", "lr": 5e-5, "w_sharp": 0.0, "min_blur_px": 0.5,
                    "sharp_guard": True, "probe_guard": False, "niqe_guard": False,   # the guard: see above
                    "flow_points": 5, "flow_preset": "fast", "flow_scale": 0.5}
@@ -426,9 +426,9 @@ class StreamAdapter:
 
 
 #: the stream buffer flows one centre frame in this many: the five-point velocity (4 DIS "fast" flows at half
-#: scale) costs 12-21 ms of CPU at 640×360, 23-36 % of the default's INT8 inference (52-59 ms, no conv in float
-#: since issue 12's per-net budget; two runs of bench/adapt_stream.py), so one in 4 is 6-9 % of the frame time while
-#: the ring fills and nothing once it holds a round's frames (24 centres take 3.2 s of 30 fps video)
+#: scale) costs 7.3 ms of CPU at 640×360, 12 % of the default's INT8 inference (61 ms on one thread;
+#: bench/flow_cost.py), so one in 4 is 3 % of the frame time while the ring fills and nothing once it holds a
+#: round's frames (24 centres take 3.2 s of 30 fps video)
 STREAM_FLOW_EVERY = 4
 
 

@@ -90,3 +90,15 @@ def test_motion_net_with_the_prior_exports_to_onnx(tmp_path):
     with torch.no_grad():
         ref = mm(x).numpy()
     assert np.abs(y - ref).max() < 1e-4
+
+
+def test_prior_passes_no_gradient_to_the_image_even_on_flat_images():
+    """In a NeurMAP run G's loss reaches M(G(B)): the prior must not send NaN or Inf back (flat images are where
+    the direction's square roots have infinite slope)."""
+    torch.manual_seed(0)
+    net = build_network("motion")
+    net.prior_scale.fill_(0.7)
+    for x in (torch.full((1, 3, 64, 64), 0.5), torch.rand(1, 3, 64, 64)):
+        x = x.requires_grad_(True)
+        net(x).abs().sum().backward()
+        assert torch.isfinite(x.grad).all()

@@ -119,7 +119,7 @@ def test_default_is_shipped_and_small():
     assert meta["architecture"] == "compact"
     assert meta["input_range"] == "0,1"
     prov = meta["provenance"]
-    # the last of the recipe's runs wrote the file: configs/motion_stage2.yaml (M only; G carried from stage 2)
+    # the last of the recipe's runs wrote the file: configs/motion_prior.yaml (M only; G carried from stage 2)
     assert prov["trained_by"] == "neurmap train" and prov["config"]["motion_only"] is True
     assert prov["config"]["backbone"] == "compact"
     assert meta.get("motion_architecture") == "motion"      # G + the NeurMAP motion net, nothing else

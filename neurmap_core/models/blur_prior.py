@@ -11,7 +11,8 @@ the shipped OffsetNet's direction with the *true* length scores no better than n
 
 Both are read once per image (camera shake blurs a frame nearly uniformly: the true direction with each frame's
 mean length scores 0.05 on the held-out clips), so the prior is one (dy, dx) per image, spread over its pixels.
-Pure tensor ops (no atan2), float32 whatever the autocast, exportable to ONNX (GridSample, ArgMin).
+Pure tensor ops (no atan2), float32 whatever the autocast, no gradient to the image, exportable to ONNX
+(GridSample, ArgMin).
 """
 from __future__ import annotations
 
@@ -32,9 +33,9 @@ def blur_direction(gray: torch.Tensor) -> torch.Tensor:
     syy, sxx, sxy = (gy * gy).mean((1, 2, 3)), (gx * gx).mean((1, 2, 3)), (gy * gx).mean((1, 2, 3))
     r = torch.sqrt((sxx - syy) ** 2 + 4 * sxy ** 2).clamp(min=1e-12)
     c2, s2 = (sxx - syy) / r, 2 * sxy / r             # cos, sin of twice the angle φ of the largest energy
-    cos_phi = torch.sqrt(((1 + c2) * 0.5).clamp(min=0))
+    cos_phi = torch.sqrt(((1 + c2) * 0.5).clamp(min=1e-12))
     sign = (s2 >= 0).to(gray.dtype) * 2 - 1            # not torch.where(.., 1.0, -1.0): ONNX makes that double
-    sin_phi = sign * torch.sqrt(((1 - c2) * 0.5).clamp(min=0))
+    sin_phi = sign * torch.sqrt(((1 - c2) * 0.5).clamp(min=1e-12))
     return torch.stack([cos_phi, -sin_phi], 1)        # the perpendicular of (cos φ, sin φ) in (x, y), as (dy, dx)
 
 
@@ -80,7 +81,9 @@ def frame_blur(x: torch.Tensor) -> torch.Tensor:
     """(B,3,H,W) images in [0, 1] → (B,2,H,W) blur motion in the motion net's units, one vector per image:
     the blur direction with half the blur length (uncalibrated; the motion net scales it, ``prior_scale``)."""
     with torch.autocast(x.device.type, enabled=False):
-        gray = x.float().mean(1, keepdim=True)
+        # a reading, not a path for gradients: through atan-free direction and argmin length they are zero or
+        # explode where the image is nearly isotropic (a NeurMAP run's G went to NaN through M(G(B)))
+        gray = x.detach().float().mean(1, keepdim=True)
         u = blur_direction(gray)
         half = blur_length(gray, u) * 0.5
         m = u * (half / MOTION_SCALE)[:, None]
