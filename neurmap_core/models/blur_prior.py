@@ -47,12 +47,9 @@ def _base_grid(gray: torch.Tensor) -> torch.Tensor:
     return torch.stack([xs, ys], -1)
 
 
-def _shift(gray: torch.Tensor, base: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
-    """gray(p + offset) per image, bilinear, border-replicated; offset (B,2) in px (dy, dx). Built from
-    GridSample alone (affine_grid needs ONNX opset 20)."""
-    h, w = (int(n) for n in gray.shape[-2:])
-    per_px = torch.tensor([2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1)], dtype=gray.dtype, device=gray.device)
-    step = offset.flip(1) * per_px                     # (dy, dx) px -> (x, y) in grid units
+def _shift(gray: torch.Tensor, base: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    """gray(p + offset) per image, bilinear, border-replicated; ``step`` (B,2) the offset in grid units (x, y).
+    Built from GridSample alone (affine_grid needs ONNX opset 20)."""
     grid = (base + step[:, None, None, :]).to(gray.dtype)      # the ONNX tracer promotes scalars to double
     return F.grid_sample(gray, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
@@ -64,7 +61,10 @@ def blur_length(gray: torch.Tensor, u: torch.Tensor, step: float = LAG_STEP, max
     m = min(int(max_lag) + 1, gray.shape[-2] // 8, gray.shape[-1] // 8)
     inner = (slice(None), slice(None), slice(m, gray.shape[-2] - m), slice(m, gray.shape[-1] - m))
     base = _base_grid(gray)
-    samples = [_shift(gray, base, u * (j * step))[inner] for j in range(-1, n + 2)]   # offsets -step ... (n+1)·step
+    h, w = (int(v) for v in gray.shape[-2:])
+    per_px = torch.tensor([2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1)], dtype=gray.dtype, device=gray.device)
+    unit = u.flip(1) * per_px                        # one px along u, (dy, dx) -> (x, y) in grid units
+    samples = [_shift(gray, base, unit * (j * step))[inner] for j in range(-1, n + 2)]   # offsets -step ... (n+1)·step
     # derivative along u, centred at half-steps: d_j = g(p + (j+1/2)·step·u) − g(p + (j−1/2)·step·u)
     d0 = samples[2] - samples[0]                                                 # at p (j = 0, offsets ±step)
     d0 = d0 - d0.mean((1, 2, 3), keepdim=True)
