@@ -12,7 +12,7 @@ true mean blur, magnitude ratio), readers that each know part of the truth:
   ``--fit-prior`` fits that scale (mean true / mean read blur) on 16 clips of *training-split* photos first — the
   value ``configs/motion_prior.yaml`` ships.
 
-    python experiments/motion_bounds.py [--motion default] [--fit-prior | --prior-scale 0.697]
+    python experiments/motion_bounds.py [--motion default] [--fit-prior | --prior-scale 0.758]
 
 ~1 minute.
 """
@@ -51,22 +51,23 @@ def structure_direction(blurry: torch.Tensor, tile: int | None = None) -> torch.
     return torch.stack([torch.cos(theta), -torch.sin(theta)], 1)       # the perpendicular, as (dy, dx)
 
 
-def fit_prior_scale(n_clips: int = 16) -> float:
-    """Mean true / mean read blur of the prior on camera-shake clips of training-split photos (never held out)."""
+def fit_prior_scale(n_clips: int = 16, **prior) -> float:
+    """Mean true / mean read blur of the prior (``prior``: :func:`frame_blur`'s rules) on camera-shake clips of
+    training-split photos (never held out)."""
     train = photo_split(DATA / "sharp_photos", "train")
     acc = np.zeros(4)
     for k in range(n_clips):
         b, _, t = camera_shake_clip(str(train[(13 * k + 5) % len(train)]), n_frames=8, sub_frames=15, size=(192, 256),
                                     max_blur_px=15.0, exposure=EXPOSURES[k % len(EXPOSURES)], seed=700 + k,
                                     motion=True)
-        acc += sums(frame_blur(b), t)
+        acc += sums(frame_blur(b, **prior), t)
     return float(acc[2] / acc[1])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--motion", default="default", help="NAME_OR_PATH of the motion net to decompose")
-    ap.add_argument("--prior-scale", type=float, default=0.697, help="the prior's length scale")
+    ap.add_argument("--prior-scale", type=float, default=0.758, help="the prior's length scale")
     ap.add_argument("--fit-prior", action="store_true", help="fit --prior-scale on training-split clips first")
     args = ap.parse_args()
     torch.set_num_threads(2)

@@ -49,6 +49,30 @@ def test_prior_reads_more_blur_in_blurrier_images():
     assert reads[0] < reads[1] < reads[2]
 
 
+def test_length_is_the_first_deep_minimum_not_one_from_periodic_texture():
+    """Stripes of an 18 px period add an autocorrelation minimum at 9-10 px: the global minimum lands there on a
+    2 px blur, the first minimum at least DEPTH as deep does not."""
+    img = _photo()
+    stripes = 0.05 * torch.sin(2 * math.pi * torch.arange(img.shape[-1]).float() / 18).view(1, 1, 1, -1)
+    g = _linear_blur(img + stripes, 0, 1.0).mean(1, keepdim=True)
+    u = torch.tensor([[0.0, 1.0]])
+    assert float(blur_length(g, u, depth=1.0)[0]) > 8
+    assert float(blur_length(g, u)[0]) < 5
+
+
+def test_direction_follows_the_sharp_edges_not_the_weak_texture():
+    """Low-contrast vertical stripes hold most of the gradient energy along x; a disk blurred along x keeps its
+    sharp edges along y. The plain structure tensor reads the stripes (vertical blur), the edge-weighted one the
+    blur."""
+    h, w = 128, 160
+    yy, xx = torch.meshgrid(torch.arange(h).float(), torch.arange(w).float(), indexing="ij")
+    disk = (((yy - 64) ** 2 + (xx - 80) ** 2) < 30 ** 2).float()
+    img = (0.5 + 0.1 * torch.sin(2 * math.pi * xx / 24) + 0.4 * disk).expand(1, 3, h, w).contiguous()
+    g = _linear_blur(img, 0, 4.0).mean(1, keepdim=True)
+    assert abs(float(blur_direction(g, edge_power=2)[0, 0])) > 0.99        # (dy, dx) = vertical: wrong
+    assert abs(float(blur_direction(g)[0, 1])) > 0.99                       # horizontal: the blur
+
+
 def test_motion_net_adds_the_scaled_prior_and_old_checkpoints_load_with_it_off():
     torch.manual_seed(0)
     net = build_network("motion").eval()
