@@ -73,6 +73,13 @@ def test_direction_follows_the_sharp_edges_not_the_weak_texture():
     assert abs(float(blur_direction(g)[0, 1])) > 0.99                       # horizontal: the blur
 
 
+def test_large_frames_are_read_pooled_so_long_blur_stays_in_range():
+    """A 24 px blur of a 720-line frame is longer than the lags (16 px) at full size; read pooled by 2 it is not."""
+    big = torch.nn.functional.interpolate(_photo((368, 368)), scale_factor=2, mode="bilinear", align_corners=False)
+    half = float(frame_blur(_linear_blur(big, 30, 12.0))[0, :, 0, 0].norm()) * 20
+    assert 10.0 < half < 18.0          # read at full size it would stop at MAX_LAG / 2 = 8 (uncalibrated: ~1.3x long)
+
+
 def test_motion_net_adds_the_scaled_prior_and_old_checkpoints_load_with_it_off():
     torch.manual_seed(0)
     net = build_network("motion").eval()
