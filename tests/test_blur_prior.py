@@ -74,7 +74,7 @@ def test_direction_follows_the_sharp_edges_not_the_weak_texture():
 
 
 def test_large_frames_are_read_pooled_so_long_blur_stays_in_range():
-    """A 24 px blur of a 720-line frame is longer than the lags (16 px) at full size; read pooled by 2 it is not."""
+    """A 24 px blur of a 736-line frame is longer than the lags (16 px) at full size; read pooled by 2 it is not."""
     big = torch.nn.functional.interpolate(_photo((368, 368)), scale_factor=2, mode="bilinear", align_corners=False)
     half = float(frame_blur(_linear_blur(big, 30, 12.0))[0, :, 0, 0].norm()) * 20
     assert 10.0 < half < 18.0          # read at full size it would stop at MAX_LAG / 2 = 8 (uncalibrated: ~1.3x long)

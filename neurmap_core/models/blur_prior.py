@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 #: lags of the autocorrelation, px: 0.5 ... 16 in steps of 0.5. On 16 training-split shake clips (192×256, up to 15
 #: px) the longest lag 12 / 16 / 24 px reads the blur with an error of 0.47 / 0.54 / 0.61 of it (uncalibrated):
-#: long lags find spurious minima in small blurs. 16 covers the clips' blur and real 720p shake (car: 10 px streaks).
+#: long lags find spurious minima in small blurs. 16 covers the clips' blur; larger frames are read pooled (below).
 LAG_STEP, MAX_LAG = 0.5, 16.0
 #: the two rules below were chosen on camera-shake clips of training-split photos only
 #: (``experiments/prior_select.py``: the scale fitted on 16 clips, the error read on 32 others):
@@ -108,7 +108,7 @@ def frame_blur(x: torch.Tensor, edge_power: int = EDGE_POWER, depth: float = DEP
     """(B,3,H,W) images in [0, 1] → (B,2,H,W) blur motion in the motion net's units, one vector per image:
     the blur direction with half the blur length (uncalibrated; the motion net scales it, ``prior_scale``)."""
     with torch.autocast(x.device.type, enabled=False):
-        # a reading, not a path for gradients: through atan-free direction and argmin length they are zero or
+        # a reading, not a path for gradients: through atan-free direction and first-minimum length they are zero or
         # explode where the image is nearly isotropic (a NeurMAP run's G went to NaN through M(G(B)))
         gray = x.detach().float().mean(1, keepdim=True)
         k = max(1, min(x.shape[-2:]) // READ_SHORT_SIDE)         # a Python int: static in an exported graph
