@@ -51,16 +51,23 @@ def structure_direction(blurry: torch.Tensor, tile: int | None = None) -> torch.
     return torch.stack([torch.cos(theta), -torch.sin(theta)], 1)       # the perpendicular, as (dy, dx)
 
 
-def fit_prior_scale(n_clips: int = 16, **prior) -> float:
-    """Mean true / mean read blur of the prior (``prior``: :func:`frame_blur`'s rules) on camera-shake clips of
-    training-split photos (never held out)."""
+def training_clips(n_clips: int = 16, stride: int = 13, offset: int = 5, seed: int = 700) -> list[tuple]:
+    """(blurry, truth) camera-shake clips of training-split photos (never held out): photo ``stride·k + offset``,
+    seed ``seed + k``. The defaults are the clips the prior's scale is fitted on."""
     train = photo_split(DATA / "sharp_photos", "train")
-    acc = np.zeros(4)
+    clips = []
     for k in range(n_clips):
-        b, _, t = camera_shake_clip(str(train[(13 * k + 5) % len(train)]), n_frames=8, sub_frames=15, size=(192, 256),
-                                    max_blur_px=15.0, exposure=EXPOSURES[k % len(EXPOSURES)], seed=700 + k,
-                                    motion=True)
-        acc += sums(frame_blur(b, **prior), t)
+        b, _, t = camera_shake_clip(str(train[(stride * k + offset) % len(train)]), n_frames=8, sub_frames=15,
+                                    size=(192, 256), max_blur_px=15.0, exposure=EXPOSURES[k % len(EXPOSURES)],
+                                    seed=seed + k, motion=True)
+        clips.append((b, t))
+    return clips
+
+
+def fit_prior_scale(clips: list[tuple] | None = None, **prior) -> float:
+    """Mean true / mean read blur of the prior (``prior``: :func:`frame_blur`'s rules) on ``clips`` (default
+    :func:`training_clips`)."""
+    acc = sum(sums(frame_blur(b, **prior), t) for b, t in (clips if clips is not None else training_clips()))
     return float(acc[2] / acc[1])
 
 

@@ -1,7 +1,7 @@
 """Choosing the blur prior's two rules (:mod:`neurmap.core.models.blur_prior`) on training-split photos only.
 
 For each (edge power of the structure tensor, depth of the first autocorrelation minimum): the length scale is fitted
-on ``motion_bounds.fit_prior_scale``'s 16 clips, then the error is read on 32 *other* camera-shake clips of
+on ``motion_bounds.training_clips``' 16 clips, then the error is read on 32 *other* camera-shake clips of
 training-split photos (seeds 900-931) — the selection set. ``bench/motion_quality.py``'s held-out clips never take
 part; their column is reported after the choice, for the record.
 
@@ -15,26 +15,14 @@ import torch
 
 from _setup import RESULTS  # noqa: I001  (first: puts bench/ on sys.path)
 from common import report
-from motion_bounds import fit_prior_scale
-from motion_quality import DATA, EXPOSURES, shake_clips, sums
+from motion_bounds import fit_prior_scale, training_clips
+from motion_quality import shake_clips, sums
 
-from neurmap.core.data import camera_shake_clip, photo_split
 from neurmap.core.models.blur_prior import frame_blur
 
 #: (edge power, depth): the plain tensor and the global minimum first, then each rule alone, then the grid's rest
 VARIANTS = [(2, 1.0), (2, 0.8), (2, 0.6), (2, 0.4), (2, 0.3), (4, 0.4), (8, 0.4), (12, 0.4), (16, 0.4), (24, 0.4),
             (16, 1.0), (16, 0.6), (16, 0.3)]
-
-
-def selection_clips(n_clips: int = 32) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    train = photo_split(DATA / "sharp_photos", "train")
-    clips = []
-    for k in range(n_clips):
-        b, _, t = camera_shake_clip(str(train[(7 * k + 3) % len(train)]), n_frames=8, sub_frames=15, size=(192, 256),
-                                    max_blur_px=15.0, exposure=EXPOSURES[k % len(EXPOSURES)], seed=900 + k,
-                                    motion=True)
-        clips.append((b, t))
-    return clips
 
 
 def error(clips, scale: float, **prior) -> tuple[float, float]:
@@ -44,12 +32,12 @@ def error(clips, scale: float, **prior) -> tuple[float, float]:
 
 def main() -> None:
     torch.set_num_threads(2)
-    select = selection_clips()
+    fit, select = training_clips(), training_clips(32, stride=7, offset=3, seed=900)   # disjoint seeds
     held = [(c["blurry"], c["truth"]) for c in shake_clips()]
     rows = []
     for power, depth in VARIANTS:
         prior = {"edge_power": power, "depth": depth}
-        scale = fit_prior_scale(**prior)
+        scale = fit_prior_scale(fit, **prior)
         sel, _ = error(select, scale, **prior)
         he, mag = error(held, scale, **prior)
         rows.append({"edge_power": power, "depth": depth, "scale": round(scale, 3), "select_epe": round(sel, 3),
