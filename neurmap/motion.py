@@ -57,7 +57,7 @@ def read_motion(source: str, weights: str = "default", motion: Optional[str] = N
     points = STREAM_DEFAULTS["flow_points"]
     est = None
     if stream and exposure is None:
-        est = estimate_exposure(frames[:min(n, 24)], points=points)
+        est = estimate_exposure(frames, points=points)        # pairs spread over every frame read
         exposure = est.exposure
     elif exposure is not None:
         exposure = check_exposure(exposure)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
-from .flow_motion import FlowEstimator, FrameLike, clip_velocities, to_gray_u8, velocity_to_motion
+from .flow_motion import FlowEstimator, FrameLike, to_gray_u8, velocity, velocity_to_motion
 from .reblur import reblur
 
 GRID = tuple(np.round(np.linspace(0.1, 1.0, 10), 3).tolist())
@@ -76,7 +76,8 @@ def estimate_exposure(frames: Sequence[FrameLike], max_side: int = 256, max_pair
     """The exposure fraction of a clip of >= 3 consecutive frames (see the module's docstring).
 
     Works on grey frames downscaled to ``max_side`` pixels (the fraction does not depend on scale), over up
-    to ``max_pairs`` neighbouring pairs spread along the clip. ``points``: the velocity stencil
+    to ``max_pairs`` neighbouring pairs spread along the whole clip (the fraction is the camera's, while the
+    motion changes along a clip: give it all the frames there are). ``points``: the velocity stencil
     (:func:`~.flow_motion.velocity`) the fraction is for — estimate it with the one the motion will use."""
     import time
 
@@ -88,8 +89,9 @@ def estimate_exposure(frames: Sequence[FrameLike], max_side: int = 256, max_pair
     if len({g.shape for g in gray}) != 1:
         raise InputError("estimating the exposure needs frames of one size")
     flow = flow or FlowEstimator()
-    vel = clip_velocities(gray, flow, points)
     starts = sorted(set(np.linspace(0, len(gray) - 2, min(max_pairs, len(gray) - 1)).round().astype(int).tolist()))
+    # only the pairs' frames need a velocity, so a long clip costs no more than ``max_pairs`` pairs
+    vel = {t: velocity(gray, t, flow, points) for t in sorted({t for a in starts for t in (a, a + 1)})}
     grid_t = torch.tensor([float(e) for e in grid])
     tot = torch.zeros(len(grid_t))
     h, w = gray[0].shape

@@ -91,6 +91,29 @@ def test_exposure_estimator_on_clips_with_known_fractions():
     assert got[0.3] == pytest.approx(0.3, rel=0.25) and got[0.8] == pytest.approx(0.8, rel=0.2), got
 
 
+def test_exposure_estimator_costs_its_pairs_not_the_clip_length():
+    """The pairs are spread over the whole clip (the fraction is the camera's; the motion changes along a clip),
+    and only their frames get a velocity: a 40-frame clip costs at most two flows per pair (one velocity per
+    frame of the pair with the 3-point stencil, one half-way warp), not one per frame."""
+    from neurmap.core.exposure import estimate_exposure
+
+    class Counting(FlowEstimator):
+        calls = 0
+
+        def __call__(self, a, b):
+            Counting.calls += 1
+            return super().__call__(a, b)
+
+    def path(s):                                  # the velocity must change between frames to tell e apart
+        w = 2 * np.pi * 0.1
+        return 9.0 * np.sin(w * s + 0.3), 14.0 * np.sin(0.7 * w * s + 1.1)
+
+    clip = _translation_clip(exposure=0.6, n=40, size=(72, 96), path=path)
+    est = estimate_exposure(clip, max_pairs=4, flow=Counting())
+    assert est.pairs == 4 and Counting.calls <= 3 * 4, Counting.calls
+    assert est.exposure == pytest.approx(0.6, rel=0.25)
+
+
 def test_bad_inputs_are_one_line_errors():
     with pytest.raises(InputError, match="exposure 1.5 must be in"):
         check_exposure(1.5)
