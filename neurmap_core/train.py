@@ -282,9 +282,11 @@ def build_nets(cfg: TrainConfig) -> tuple[DeblurModel, MotionModel, nn.Module]:
 
 def inference_model(G: DeblurModel) -> DeblurModel:
     """What gets saved: re-parameterised training blocks folded into plain convs (``compact_rep`` is
-    saved as ``compact``, loadable and exportable like any other compact net)."""
+    saved as ``compact``, ``compact_low_rep`` as ``compact_low``: loadable and exportable like any other
+    compact net)."""
     if getattr(G.net, "block", None) == "rep":
-        return DeblurModel(G.net.fold(), G.input_range, "compact")
+        plain = G.name[:-len("_rep")] if G.name.endswith("_rep") else "compact"
+        return DeblurModel(G.net.fold(), G.input_range, plain)
     return G
 
 

@@ -13,7 +13,8 @@ from neurmap.core.data import PhotoPairs, WeightedMix, photo_split
 from neurmap.core.data.photos import camera_noise, jpeg, render_shake, shake_path
 from neurmap.core.losses import frequency_loss
 from neurmap.core.models import build_network
-from neurmap.core.train import TrainConfig, Trainer, lr_factor
+from neurmap.core.models.wrapper import DeblurModel
+from neurmap.core.train import TrainConfig, Trainer, inference_model, lr_factor
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +90,15 @@ def test_rep_blocks_fold_into_the_plain_compact_net():
     x = torch.rand(2, 3, 32, 48, generator=g)
     assert torch.allclose(net(x), plain(x), atol=1e-5)
     assert not torch.allclose(net(x), x, atol=1e-3)          # the check is not trivially the identity
+
+
+@pytest.mark.parametrize("name", ["compact_rep", "compact_wide_rep", "compact_low_rep"])
+def test_saved_rep_net_is_the_plain_registry_net_of_the_same_shape(name):
+    saved = inference_model(DeblurModel(build_network(name), name=name))
+    plain = name[:-len("_rep")]
+    assert saved.name == plain
+    shapes = {k: v.shape for k, v in saved.net.state_dict().items()}
+    assert shapes == {k: v.shape for k, v in build_network(plain).state_dict().items()}
 
 
 def test_cosine_schedule_warms_up_then_reaches_its_floor():
