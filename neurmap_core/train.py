@@ -24,6 +24,7 @@ from torch import nn
 from .checkpoint import atomic_write, load_weights, save_weights
 from .errors import CheckpointError, ConfigError, NeurmapError, from_known_keys
 from .models import build_network
+from .models.compact import FOLDABLE
 from .models.wrapper import DeblurModel, MotionModel
 from .step import LossWeights, NeurMAPStep
 # the data part, re-exported: ``from neurmap.core.train import BatchSampler, build_source`` keeps working
@@ -282,10 +283,10 @@ def build_nets(cfg: TrainConfig) -> tuple[DeblurModel, MotionModel, nn.Module]:
 
 def inference_model(G: DeblurModel) -> DeblurModel:
     """What gets saved: re-parameterised training blocks folded into plain convs (``compact_rep`` is
-    saved as ``compact``, ``compact_low_rep`` as ``compact_low``: loadable and exportable like any other
-    compact net)."""
-    if getattr(G.net, "block", None) == "rep":
-        plain = G.name[:-len("_rep")] if G.name.endswith("_rep") else "compact"
+    saved as ``compact``, ``compact_low_rep`` as ``compact_low``, ``compact_repx`` as ``compact``: loadable
+    and exportable like any other compact net)."""
+    if getattr(G.net, "block", None) in FOLDABLE:
+        plain = G.name.rsplit("_rep", 1)[0] if "_rep" in G.name else "compact"
         return DeblurModel(G.net.fold(), G.input_range, plain)
     return G
 

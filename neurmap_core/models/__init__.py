@@ -31,6 +31,8 @@ MODELS: dict[str, ModelSpec] = {s.name: s for s in [
     ModelSpec("compact", "compact:CompactDeblur", "deblur", {}, "CompactDeblur: our real-time U-Net (~29 GMAC at 720p)", 0),
     ModelSpec("compact_rep", "compact:CompactDeblur", "deblur", {"block": "rep"},
               "CompactDeblur with re-parameterisable blocks for training; folds into `compact`", 0),
+    ModelSpec("compact_repx", "compact:CompactDeblur", "deblur", {"block": "repx"},
+              "compact_rep plus a 2x expand branch (1x1 up, 3x3 down) in every block conv; folds into `compact`", 0),
     ModelSpec("compact_deep", "compact:CompactDeblur", "deblur", {"deep": 256},
               "CompactDeblur with a fourth, 1/16 level (256 channels): twice the receptive field, ~38 GMAC at 720p", 0),
     # two real alternatives at today's budget (issue #12's width vs depth; bench/results/arch_budget.json)

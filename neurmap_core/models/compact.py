@@ -48,22 +48,33 @@ class ResBlock(nn.Module):
 class RepConv(nn.Module):
     """Training-time 3×3 conv with a parallel 1×1 branch and a scaled identity (RepVGG-style structural
     re-parameterisation, without BN). All three are linear, so :meth:`fold` merges them into one plain
-    3×3 conv exactly: the extra branches shape the optimisation and cost nothing at inference."""
+    3×3 conv exactly: the extra branches shape the optimisation and cost nothing at inference.
 
-    def __init__(self, ch: int) -> None:
+    ``expand > 0`` adds an ExpandNets-style branch, a bias-free 1×1 conv to ``expand × ch`` channels followed
+    by a bias-free 3×3 back to ``ch``: a product of linear maps that folds into the same 3×3 (zero padding
+    commutes with a bias-free 1×1), so the training net is over-parameterised at no inference cost."""
+
+    def __init__(self, ch: int, expand: int = 0) -> None:
         super().__init__()
         self.conv3 = nn.Conv2d(ch, ch, 3, padding=1)
         self.conv1 = nn.Conv2d(ch, ch, 1, bias=False)
         self.gamma = nn.Parameter(torch.zeros(ch))
+        self.expand = int(expand)
+        if self.expand:
+            self.expand_in = nn.Conv2d(ch, self.expand * ch, 1, bias=False)
+            self.expand_out = nn.Conv2d(self.expand * ch, ch, 3, padding=1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv3(x) + self.conv1(x) + self.gamma.view(1, -1, 1, 1) * x
+        y = self.conv3(x) + self.conv1(x) + self.gamma.view(1, -1, 1, 1) * x
+        return y + self.expand_out(self.expand_in(x)) if self.expand else y
 
     @torch.no_grad()
     def fold(self) -> nn.Conv2d:
         conv = nn.Conv2d(self.conv3.in_channels, self.conv3.out_channels, 3, padding=1)
         w = self.conv3.weight.clone()
         w[:, :, 1, 1] += self.conv1.weight[:, :, 0, 0] + torch.diag(self.gamma)
+        if self.expand:
+            w += torch.einsum("omhw,mi->oihw", self.expand_out.weight, self.expand_in.weight[:, :, 0, 0])
         conv.weight.copy_(w)
         conv.bias.copy_(self.conv3.bias)
         return conv
@@ -72,9 +83,16 @@ class RepConv(nn.Module):
 class RepResBlock(ResBlock):
     """:class:`ResBlock` whose two convs are :class:`RepConv` while training."""
 
-    def __init__(self, ch: int) -> None:
+    def __init__(self, ch: int, expand: int = 0) -> None:
         nn.Module.__init__(self)
-        self.conv1, self.conv2 = RepConv(ch), RepConv(ch)
+        self.conv1, self.conv2 = RepConv(ch, expand), RepConv(ch, expand)
+
+
+class ExpandRepResBlock(RepResBlock):
+    """:class:`RepResBlock` with the 2× expand branch in both convs (folds into the same plain block)."""
+
+    def __init__(self, ch: int) -> None:
+        super().__init__(ch, expand=2)
 
 
 class GatedBlock(nn.Module):
@@ -98,7 +116,9 @@ class GatedBlock(nn.Module):
         return x + self.conv2(t)
 
 
-BLOCKS = {"res": ResBlock, "rep": RepResBlock, "gated": GatedBlock}
+BLOCKS = {"res": ResBlock, "rep": RepResBlock, "repx": ExpandRepResBlock, "gated": GatedBlock}
+#: training-time block types that :meth:`CompactDeblur.fold` turns into plain ``res`` blocks
+FOLDABLE = ("rep", "repx")
 
 
 def _stage(ch: int, n: int, block: str = "res") -> nn.Sequential:
@@ -154,8 +174,12 @@ class CompactDeblur(nn.Module):
         # residual branches start small too (the second conv of every block), so depth adds no gain
         for blk in self.modules():
             if isinstance(blk, (ResBlock, GatedBlock)):
-                last = blk.conv2.conv3 if isinstance(blk.conv2, RepConv) else blk.conv2
-                last.weight.data.mul_(0.1)
+                if isinstance(blk.conv2, RepConv):
+                    lasts = [blk.conv2.conv3] + ([blk.conv2.expand_out] if blk.conv2.expand else [])
+                else:
+                    lasts = [blk.conv2]
+                for last in lasts:
+                    last.weight.data.mul_(0.1)
         if self.deep:
             nn.init.zeros_(self.up3.weight)
             nn.init.zeros_(self.up3.bias)
@@ -180,7 +204,7 @@ class CompactDeblur(nn.Module):
     def fold(self) -> "CompactDeblur":
         """The inference net: every :class:`RepConv` merged into a plain 3×3 conv (same outputs, to float
         rounding); a net without RepConvs is returned as it is."""
-        if self.block != "rep":
+        if self.block not in FOLDABLE:
             return self
         plain = CompactDeblur(self.channels, self.blocks, "res", self.deep, self.deep_blocks)
         state = {}
