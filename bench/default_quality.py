@@ -126,4 +126,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from neurmap.core.errors import NeurmapError
+
+    try:
+        main()
+    except NeurmapError as e:            # a weights path that is not there and the like: one line, not a traceback
+        sys.exit(f"default_quality: {e}")
