@@ -57,6 +57,8 @@ class AdaptConfig:
     flow_scale: float = 1.0
     reblur_space: str = "linear"      # "linear": R averages linear light, as a sensor does; "srgb": on the encoded values
     loss_border: int = 16             # px of each crop's border the reblur loss leaves out (R samples zeros outside)
+    w_anchor: float = 0.0             # weight of the sharp anchor: G must leave the crops, shrunk by anchor_scale
+    anchor_scale: int = 4             # (their blur with them), as they are (stream_adapt.anchor_loss)
 
     def __post_init__(self) -> None:
         if self.motion_source not in MOTION_SOURCES:
@@ -65,6 +67,8 @@ class AdaptConfig:
             raise ConfigError(f"fuse_band {self.fuse_band:g} must be > 1 (M within [flow/band, flow·band] agrees)")
         if self.reblur_space not in ("linear", "srgb"):
             raise ConfigError(f"reblur_space {self.reblur_space!r}: choose linear or srgb")
+        if int(self.anchor_scale) < 2 or float(self.w_anchor) < 0:
+            raise ConfigError(f"anchor_scale {self.anchor_scale} must be >= 2 and w_anchor {self.w_anchor:g} >= 0")
         if int(self.loss_border) < 0:
             raise ConfigError(f"loss_border {self.loss_border} must be >= 0")
         if self.flow_points not in (3, 5):

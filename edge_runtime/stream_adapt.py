@@ -18,7 +18,9 @@ G(B) and the truth S, under each motion). It minimises
              (:func:`fuse_motion` says why),
 
 with R averaging linear light (:func:`reblur_in`: as a sensor does; in sRGB the known blur itself did not
-gain) and away from each crop's border (R samples zeros outside it), on random crops of the buffered frames,
+gain) and away from each crop's border (R samples zeros outside it), plus ``w_anchor`` times the sharp anchor
+(:func:`anchor_loss`: the crops shrunk 4×, their blur with them, must pass through G unchanged — the prior the
+reblur term lacks: without it rounds sharpen beyond the blur), on random crops of the buffered frames,
 with the same trainable sets and rollback as the single-image path; the guard's score is the same objective on
 held-out frames, beside a sharp probe (G must not alter already-sharp images more than before; the single-image
 path's blurred probe and NIQE rejected the rounds that gained: see ``STREAM_DEFAULTS``). With m / fused, M is
@@ -39,6 +41,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from neurmap.core.errors import NeurmapError
@@ -64,7 +67,10 @@ from .trainable import run_steps
 #: close at half scale as at full; at 640×360, with the stencil combined at half scale and upsampled once, its 4
 #: flows take 7.3 ms, 12 % of the default's INT8 inference (``bench/flow_cost.py``: error 0.27 of the known blur,
 #: the central difference's 0.41; "medium" 0.27 at 53 %, "ultrafast" 0.28 at 9 %)
-STREAM_DEFAULTS = {"params": "all", "lr": 5e-5, "w_sharp": 0.0, "min_blur_px": 0.5,
+#: The sharp anchor (``w_anchor``, :func:`anchor_loss`), chosen on 16 training-split clips (stream_guard's set,
+#: every guard off, 20 steps): mean gain after the window +0.25 dB without it (worst -1.28, 4 losing rounds),
+#: +0.36 with w_anchor 10 (worst -0.26); at lr 2e-4 +0.41 (worst -0.58) and with w_anchor 3 +0.42 (worst -1.51).
+STREAM_DEFAULTS = {"params": "all", "lr": 5e-5, "w_sharp": 0.0, "min_blur_px": 0.5, "w_anchor": 10.0,
                    "sharp_guard": True, "probe_guard": False, "niqe_guard": False,   # the guard: see above
                    "flow_points": 5, "flow_preset": "fast", "flow_scale": 0.5}
 
@@ -209,6 +215,24 @@ def stream_loss(G: nn.Module, blurry: torch.Tensor, motion: torch.Tensor, space:
     return reblur_objective(s_hat, motion, blurry, space, border), s_hat
 
 
+def anchor_loss(G: nn.Module, blurry: torch.Tensor, scale: int = 4) -> torch.Tensor:
+    """L1 of what G changes in the crops area-downscaled by ``scale``: this camera's content, nearly sharp
+    (the blur shrinks with the image: 2.5 px becomes 0.6 px at 1/4), which a deblurrer should leave as it is.
+
+    The reblur term alone does not pin down what the blur removed (frequencies it zeroes cost nothing): rounds
+    sharpened beyond the blur and lost up to 1.28 dB on training-split clips; the anchor is that missing prior,
+    taken from the stream itself (``experiments/stream_anchor.py``: worst round -0.26 dB with it)."""
+    small = F.avg_pool2d(blurry, int(scale))
+    return (G(small).float() - small.float()).abs().mean()
+
+
+def anchor_scale_for(cfg: AdaptConfig) -> int:
+    """The anchor's shrink factor for this round's crops: ``cfg.anchor_scale``, lowered so that the shrunk crops
+    keep 8 px (the nets' minimum side); 0 = no anchor (``w_anchor`` 0, or crops under 16 px)."""
+    scale = min(int(cfg.anchor_scale), min(int(cfg.crop), int(cfg.eval_crop)) // 8)
+    return scale if cfg.w_anchor and scale >= 2 else 0
+
+
 @torch.no_grad()
 def objective_at(blurry: torch.Tensor, motion: torch.Tensor, candidates: dict[str, torch.Tensor],
                  M: Optional[nn.Module] = None, space: str = "linear", border: int = 16) -> dict[str, dict[str, float]]:
@@ -271,6 +295,7 @@ class StreamAdapter:
             for p in self.M.parameters():
                 p.requires_grad_(False)
         self.rounds = 0
+        self.anchor_scale = anchor_scale_for(self.cfg)
         self.step_g = torch.Generator().manual_seed(self.cfg.seed)
         self.stop_flag = threading.Event()
 
@@ -338,18 +363,21 @@ class StreamAdapter:
     def score(self, held: tuple[torch.Tensor, torch.Tensor], chunk: int = 2) -> Score:
         """The objective on the held-out crops, and NIQE of their outputs side by side (crops >= 96)."""
         x, m = held
-        tot, outs = 0.0, []
+        tot, anchor, outs = 0.0, 0.0, []
         for i in range(0, x.shape[0], chunk):
             loss, s_hat = stream_loss(self.G, x[i:i + chunk], m[i:i + chunk], self.cfg.reblur_space,
                                       self.cfg.loss_border)
             tot += float(loss) * x[i:i + chunk].shape[0]
+            if self.anchor_scale:
+                anchor += float(anchor_loss(self.G, x[i:i + chunk], self.anchor_scale)) * x[i:i + chunk].shape[0]
             outs.append(s_hat.clamp(0, 1).cpu())
-        tot /= x.shape[0]
+        tot, anchor = tot / x.shape[0], anchor / x.shape[0]
         nq = None
         if self.cfg.niqe_guard and min(x.shape[-2:]) >= 96:
             from neurmap.core.metrics import niqe
             nq = float(niqe(torch.cat(list(torch.cat(outs)), dim=-1)))
-        return Score(self.cfg.w_reblur * tot, tot, 0.0, nq, blur_px=float(m.norm(dim=1).mean() * 20.0))
+        return Score(self.cfg.w_reblur * tot + self.cfg.w_anchor * anchor, tot, anchor, nq,
+                     blur_px=float(m.norm(dim=1).mean() * 20.0))
 
     def run_round(self, train: Sequence[MotionFrame], held: Sequence[MotionFrame], steps: Optional[int] = None,
                   on_step: Optional[Callable[[int, float], None]] = None,
@@ -365,7 +393,7 @@ class StreamAdapter:
         hx, hmf = hx.to(dev), hmf.to(dev)
         original = self.state()
         m_original = _net_state(self.M) if self.M is not None else None
-        info: dict = {"source": cfg.motion_source}
+        info: dict = {"source": cfg.motion_source, "anchor_scale": self.anchor_scale}
         ts: Optional[TrainableSet] = None
 
         def rollback() -> None:
@@ -400,7 +428,8 @@ class StreamAdapter:
                 x, mf = crops_with_motion(train, cfg.batch, cfg.crop, self.step_g)
                 x = x.to(dev)
                 m, _ = self.motion_for(x, mf.to(dev))
-                return cfg.w_reblur * stream_loss(self.G, x, m, cfg.reblur_space, cfg.loss_border)[0]
+                loss = cfg.w_reblur * stream_loss(self.G, x, m, cfg.reblur_space, cfg.loss_border)[0]
+                return loss + cfg.w_anchor * anchor_loss(self.G, x, self.anchor_scale) if self.anchor_scale else loss
 
             losses, times, done, reason = run_steps(steps, loss_fn, opt, ts.params, cfg.grad_clip, self.stop_flag,
                                                     on_step, pause)

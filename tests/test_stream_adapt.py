@@ -88,6 +88,33 @@ def test_stream_round_records_both_probes_and_rolls_back_on_the_sharp_guard(nets
     assert all(torch.equal(after[k], ref[k]) for k in ref)
 
 
+def test_anchor_reads_how_much_G_alters_the_shrunk_stream_content():
+    from neurmap.edge_runtime.stream_adapt import anchor_loss, anchor_scale_for
+
+    blurry, _ = _moving_clip()
+    x = torch.stack(blurry[:2])
+    blur = torch.nn.AvgPool2d(3, 1, 1, count_include_pad=False)
+    mild, strong = (anchor_loss(lambda t, a=a: t + a * (t - blur(t)), x) for a in (0.2, 0.8))   # unsharp masking
+    assert float(anchor_loss(lambda t: t, x)) == 0.0 and 0.0 < float(mild) < float(strong) / 3
+    with pytest.raises(ConfigError, match="anchor_scale"):
+        stream_config({"anchor_scale": 1})
+    assert [anchor_scale_for(stream_config({"crop": c})) for c in (96, 24, 8)] == [4, 3, 0]   # shrunk crops >= 8 px
+    assert anchor_scale_for(stream_config({"w_anchor": 0.0})) == 0
+
+
+def test_stream_round_with_the_anchor_trains_and_scores_it(nets, items):
+    """Only the anchor weighted (no reblur term): the round must lower what G changes in shrunk content, and the
+    held-out score is that anchor."""
+    G0, _ = nets
+    G = clone_model(G0)
+    cfg = stream_config({**TINY, "steps": 4, "crop": 32, "w_reblur": 0.0, "w_anchor": 1.0, "anchor_scale": 2, "lr": 1e-4,
+                         "grad_clip": None, "min_gain": ACCEPT})
+    res = StreamAdapter(G, cfg).run_round(items[:5], items[5:])
+    assert res.accepted, res.reason
+    assert res.before.sharp > 0 and res.after.sharp < 0.9 * res.before.sharp, (res.before, res.after)
+    assert res.after.total == pytest.approx(res.after.sharp)
+
+
 def test_fuse_takes_M_only_where_its_length_agrees_with_the_flow():
     flow = torch.zeros(1, 2, 1, 4)
     flow[0, 1] = torch.tensor([0.1, 0.1, 0.1, 0.0])

@@ -1,0 +1,88 @@
+"""Choosing the stream path's sharp anchor (``w_anchor``, :func:`neurmap.edge_runtime.stream_adapt.anchor_loss`)
+and learning rate on training-split photos only.
+
+The clips of ``bench/stream_guard.py`` (camera-shake clips of ``photo_split(..., "train")`` photos, 16 frames of
+192x256, exposure 0.3 / 0.5 / 0.75 / 1.0 in turn, seeds 900+), one 20-step stream round of the shipped default
+per clip and variant under the flow-derived blur (five-point stencil, exposure estimated on the window) with
+every guard off, so each round's true gain on the frames after the window is known; beside it the sharp and the
+blurred probe before and after, so the guards can be replayed (a rejected round counts 0). ``bench/adapt_stream.py``
+then runs the chosen defaults on held-out photos.
+
+    python experiments/stream_anchor.py [--clips 16]      # ~1 minute per clip on 2 cores
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+
+import numpy as np
+import torch
+
+from _setup import RESULTS  # noqa: I001  (first: puts bench/ on sys.path)
+from adapt_stream import DATA, EXPOSURES, psnr_frames, split_items
+from common import report, uptime
+
+#: (lr, w_anchor): today's defaults without the anchor, then with it, then faster rates
+VARIANTS = [(5e-5, 0.0), (5e-5, 10.0), (2e-4, 10.0), (2e-4, 3.0)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--clips", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    from neurmap.core import load_weights
+    from neurmap.core.data import camera_shake_clip
+    from neurmap.core.data.photos import photo_split
+    from neurmap.core.exposure import estimate_exposure
+    from neurmap.edge_runtime.stream_adapt import StreamAdapter, flow_worker, motion_frames, stream_config
+
+    t0, load_before = time.perf_counter(), uptime()
+    photos = photo_split(DATA / "sharp_photos", "train")
+    G0, _ = load_weights("default")
+    G0.eval()
+    worker = flow_worker(stream_config())
+    rounds = []
+    for k, i in enumerate(np.linspace(0, len(photos) - 1, args.clips).round().astype(int)):
+        b, s = camera_shake_clip(str(photos[i]), n_frames=16, size=(192, 256), max_blur_px=12.0,
+                                 exposure=EXPOSURES[k % len(EXPOSURES)], seed=900 + k)
+        after = slice(10, 16)
+        p0 = psnr_frames(G0, b[after], s[after])
+        est = estimate_exposure(list(b[:10]), points=5)
+        train, held = split_items(motion_frames(list(b[:11]), list(range(10)), est.exposure, worker, 5))
+        for lr, w in VARIANTS:
+            G = copy.deepcopy(G0)
+            cfg = stream_config({"steps": 20, "lr": lr, "w_anchor": w, "device": "cpu", "motion_source": "flow",
+                                 "flow_points": 5, "sharp_guard": True, "sharp_tol_db": float("inf"),
+                                 "probe_guard": False, "min_gain": -float("inf")})
+            res = StreamAdapter(G, cfg).run_round(train, held)
+            rounds.append({"photo": f"{photos[i].parent.name}/{photos[i].name}", "lr": lr, "w_anchor": w,
+                           "psnr_unadapted": round(p0, 3),
+                           "gain_db": round(psnr_frames(G, b[after], s[after]) - p0, 3),
+                           "sharp_psnr": [round(res.before.sharp_psnr, 3), round(res.after.sharp_psnr, 3)],
+                           "probe_psnr": [round(res.before.probe_psnr, 3), round(res.after.probe_psnr, 3)]})
+            print(rounds[-1], flush=True)
+    rows = []
+    for lr, w in VARIANTS:
+        rs = [r for r in rounds if (r["lr"], r["w_anchor"]) == (lr, w)]
+        g = np.array([r["gain_db"] for r in rs])
+        ok = np.array([r["sharp_psnr"][1] >= r["sharp_psnr"][0] for r in rs])
+        both = ok & np.array([r["probe_psnr"][1] >= r["probe_psnr"][0] for r in rs])
+        rows.append({"lr": lr, "w_anchor": w, "mean_gain_db": round(float(g.mean()), 3),
+                     "median_gain_db": round(float(np.median(g)), 3), "worst_db": round(float(g.min()), 3),
+                     "losing": int((g < 0).sum()), "gaining_0.5dB": int((g >= 0.5).sum()),
+                     "sharp_guard_accepted": int(ok.sum()), "sharp_guard_mean_db": round(float((g * ok).mean()), 3),
+                     "sharp_guard_worst_db": round(float(g[ok].min()), 3) if ok.any() else None,
+                     "sharp+probe_accepted": int(both.sum()), "sharp+probe_mean_db": round(float((g * both).mean()), 3),
+                     "sharp+probe_worst_db": round(float(g[both].min()), 3) if both.any() else None})
+    report("stream_anchor", rows, {"rounds": rounds, "clips": args.clips, "steps": 20,
+                                   "set": "photo_split train photos (never the held-out ones adapt_stream.py scores)",
+                                   "uptime_before": load_before, "uptime_after": uptime(),
+                                   "seconds": round(time.perf_counter() - t0, 1)}, results=RESULTS)
+
+
+if __name__ == "__main__":
+    main()
