@@ -52,6 +52,26 @@ def rules(tol: float = 0.0) -> dict:
             "score + sharp (stream default)": lambda r: fell(r) and sharp(r)}
 
 
+def training_windows(n: int, worker):
+    """The clips every stream-guard choice is made on: per one of ``n`` training-split photos (spread over the
+    sorted list), its 16-frame camera-shake clip, the exposure estimated on the window (frames 0-9) and the
+    window's flow-derived items split as a round splits them. Yields (photo, exposure, estimate, blurry, sharp,
+    train, held)."""
+    from neurmap.core.data import camera_shake_clip
+    from neurmap.core.data.photos import photo_split
+    from neurmap.core.exposure import estimate_exposure
+    from neurmap.edge_runtime.stream_adapt import motion_frames
+
+    photos = photo_split(DATA / "sharp_photos", "train")
+    for k, i in enumerate(np.linspace(0, len(photos) - 1, n).round().astype(int)):
+        e = EXPOSURES[k % len(EXPOSURES)]
+        b, s = camera_shake_clip(str(photos[i]), n_frames=16, size=(192, 256), max_blur_px=12.0, exposure=e,
+                                 seed=900 + k)
+        est = estimate_exposure(list(b[:10]), points=5)
+        train, held = split_items(motion_frames(list(b[:11]), list(range(10)), est.exposure, worker, 5))
+        yield f"{photos[i].parent.name}/{photos[i].name}", e, est, b, s, train, held
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--clips", type=int, default=24)
@@ -59,30 +79,20 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     from neurmap.core import load_weights
-    from neurmap.core.data import camera_shake_clip
-    from neurmap.core.data.photos import photo_split
-    from neurmap.core.exposure import estimate_exposure
-    from neurmap.edge_runtime.stream_adapt import StreamAdapter, flow_worker, motion_frames, stream_config
+    from neurmap.edge_runtime.stream_adapt import StreamAdapter, flow_worker, stream_config
 
     t0, load_before = time.perf_counter(), uptime()
-    photos = photo_split(DATA / "sharp_photos", "train")
     G0, _ = load_weights("default")
     G0.eval()
     worker = flow_worker(stream_config())
     rows = []
-    for k, i in enumerate(np.linspace(0, len(photos) - 1, args.clips).round().astype(int)):
-        e = EXPOSURES[k % len(EXPOSURES)]
-        b, s = camera_shake_clip(str(photos[i]), n_frames=16, size=(192, 256), max_blur_px=12.0, exposure=e,
-                                 seed=900 + k)
+    for photo, e, est, b, s, train, held in training_windows(args.clips, worker):
         after = slice(10, 16)
-        est = estimate_exposure(list(b[:10]), points=5)
-        items = motion_frames(list(b[:11]), list(range(10)), est.exposure, worker, 5)
-        train, held = split_items(items)
         G = copy.deepcopy(G0)
         cfg = stream_config({"steps": args.steps, "device": "cpu", **PERMISSIVE})
         res = StreamAdapter(G, cfg).run_round(train, held)
         p0, p1 = psnr_frames(G0, b[after], s[after]), psnr_frames(G, b[after], s[after])
-        row = {"photo": f"{photos[i].parent.name}/{photos[i].name}", "exposure": e,
+        row = {"photo": photo, "exposure": e,
                "exposure_est": round(est.exposure, 3), "gain_db": round(p1 - p0, 3), "kept": res.accepted,
                **{k2: [round(getattr(res.before, k2), 5), round(getattr(res.after, k2), 5)] for k2 in SIGNALS}}
         rows.append(row)

@@ -20,8 +20,9 @@ import numpy as np
 import torch
 
 from _setup import RESULTS  # noqa: I001  (first: puts bench/ on sys.path)
-from adapt_stream import DATA, EXPOSURES, psnr_frames, split_items
+from adapt_stream import psnr_frames
 from common import report, uptime
+from stream_guard import training_windows
 
 #: (lr, w_anchor): today's defaults without the anchor, then with it, then faster rates
 VARIANTS = [(5e-5, 0.0), (5e-5, 10.0), (2e-4, 10.0), (2e-4, 3.0)]
@@ -35,31 +36,23 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     from neurmap.core import load_weights
-    from neurmap.core.data import camera_shake_clip
-    from neurmap.core.data.photos import photo_split
-    from neurmap.core.exposure import estimate_exposure
-    from neurmap.edge_runtime.stream_adapt import StreamAdapter, flow_worker, motion_frames, stream_config
+    from neurmap.edge_runtime.stream_adapt import StreamAdapter, flow_worker, stream_config
 
     t0, load_before = time.perf_counter(), uptime()
-    photos = photo_split(DATA / "sharp_photos", "train")
     G0, _ = load_weights("default")
     G0.eval()
     worker = flow_worker(stream_config())
     rounds = []
-    for k, i in enumerate(np.linspace(0, len(photos) - 1, args.clips).round().astype(int)):
-        b, s = camera_shake_clip(str(photos[i]), n_frames=16, size=(192, 256), max_blur_px=12.0,
-                                 exposure=EXPOSURES[k % len(EXPOSURES)], seed=900 + k)
+    for photo, _e, _est, b, s, train, held in training_windows(args.clips, worker):
         after = slice(10, 16)
         p0 = psnr_frames(G0, b[after], s[after])
-        est = estimate_exposure(list(b[:10]), points=5)
-        train, held = split_items(motion_frames(list(b[:11]), list(range(10)), est.exposure, worker, 5))
         for lr, w in VARIANTS:
             G = copy.deepcopy(G0)
             cfg = stream_config({"steps": 20, "lr": lr, "w_anchor": w, "device": "cpu", "motion_source": "flow",
                                  "flow_points": 5, "sharp_guard": True, "sharp_tol_db": float("inf"),
                                  "probe_guard": False, "min_gain": -float("inf")})
             res = StreamAdapter(G, cfg).run_round(train, held)
-            rounds.append({"photo": f"{photos[i].parent.name}/{photos[i].name}", "lr": lr, "w_anchor": w,
+            rounds.append({"photo": photo, "lr": lr, "w_anchor": w,
                            "psnr_unadapted": round(p0, 3),
                            "gain_db": round(psnr_frames(G, b[after], s[after]) - p0, 3),
                            "sharp_psnr": [round(res.before.sharp_psnr, 3), round(res.after.sharp_psnr, 3)],
