@@ -21,7 +21,7 @@ from .adapt_losses import adaptation_terms
 class Score:
     total: float
     reblur: float
-    sharp: float
+    sharp: float                        # SPEC's motion-net sharpness term; on the stream path the sharp anchor
     niqe: Optional[float] = None
     probe_psnr: Optional[float] = None
     sharp_psnr: Optional[float] = None  # G on already-sharp images (see sharp_psnr)

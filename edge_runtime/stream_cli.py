@@ -77,7 +77,8 @@ def adapt_stream(source: str, weights: str, model, meta: dict, target: Path, exp
                   f"ms/frame in the flow worker")
     res = adapter.run_round(train, held)
     b, a = res.before, res.after
-    console.print(f"held-out flow-reblur score (lower is better): {b.total:.5f} -> {a.total:.5f}" if a else
+    console.print(f"held-out score (lower is better): {b.total:.5f} -> {a.total:.5f} (reblur {b.reblur:.5f} -> "
+                  f"{a.reblur:.5f}, sharp anchor {b.sharp:.5f} -> {a.sharp:.5f})" if a else
                   f"held-out score before: {b.total:.5f}; round stopped: {res.reason}")
     result = {"accepted": res.accepted, "reason": res.reason, "out": None, "round": res.as_dict(), "mode": "stream",
               "motion_source": cfg.motion_source,
