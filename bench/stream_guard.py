@@ -72,6 +72,16 @@ def training_windows(n: int, worker):
         yield f"{photos[i].parent.name}/{photos[i].name}", e, est, b, s, train, held
 
 
+def kept_round(G0, train, held, **overrides):
+    """One stream round of a copy of ``G0`` with every guard signal measured and none enforced (``PERMISSIVE``),
+    so it is always kept and its true gain can be read: (the adapted copy, the round's result)."""
+    from neurmap.edge_runtime.stream_adapt import StreamAdapter, stream_config
+
+    G = copy.deepcopy(G0)
+    res = StreamAdapter(G, stream_config({"device": "cpu", **overrides, **PERMISSIVE})).run_round(train, held)
+    return G, res
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--clips", type=int, default=24)
@@ -79,7 +89,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     from neurmap.core import load_weights
-    from neurmap.edge_runtime.stream_adapt import StreamAdapter, flow_worker, stream_config
+    from neurmap.edge_runtime.stream_adapt import flow_worker, stream_config
 
     t0, load_before = time.perf_counter(), uptime()
     G0, _ = load_weights("default")
@@ -88,9 +98,7 @@ def main() -> None:
     rows = []
     for photo, e, est, b, s, train, held in training_windows(args.clips, worker):
         after = slice(10, 16)
-        G = copy.deepcopy(G0)
-        cfg = stream_config({"steps": args.steps, "device": "cpu", **PERMISSIVE})
-        res = StreamAdapter(G, cfg).run_round(train, held)
+        G, res = kept_round(G0, train, held, steps=args.steps)
         p0, p1 = psnr_frames(G0, b[after], s[after]), psnr_frames(G, b[after], s[after])
         row = {"photo": photo, "exposure": e,
                "exposure_est": round(est.exposure, 3), "gain_db": round(p1 - p0, 3), "kept": res.accepted,

@@ -13,7 +13,6 @@ then runs the chosen defaults on held-out photos.
 from __future__ import annotations
 
 import argparse
-import copy
 import time
 
 import numpy as np
@@ -22,7 +21,7 @@ import torch
 from _setup import RESULTS  # noqa: I001  (first: puts bench/ on sys.path)
 from adapt_stream import psnr_frames
 from common import report, uptime
-from stream_guard import training_windows
+from stream_guard import kept_round, training_windows
 
 #: (lr, w_anchor): today's defaults without the anchor, then with it, then faster rates
 VARIANTS = [(5e-5, 0.0), (5e-5, 10.0), (2e-4, 10.0), (2e-4, 3.0)]
@@ -36,7 +35,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     from neurmap.core import load_weights
-    from neurmap.edge_runtime.stream_adapt import StreamAdapter, flow_worker, stream_config
+    from neurmap.edge_runtime.stream_adapt import flow_worker, stream_config
 
     t0, load_before = time.perf_counter(), uptime()
     G0, _ = load_weights("default")
@@ -47,11 +46,7 @@ def main() -> None:
         after = slice(10, 16)
         p0 = psnr_frames(G0, b[after], s[after])
         for lr, w in VARIANTS:
-            G = copy.deepcopy(G0)
-            cfg = stream_config({"steps": 20, "lr": lr, "w_anchor": w, "device": "cpu", "motion_source": "flow",
-                                 "flow_points": 5, "sharp_guard": True, "sharp_tol_db": float("inf"),
-                                 "probe_guard": False, "min_gain": -float("inf")})
-            res = StreamAdapter(G, cfg).run_round(train, held)
+            G, res = kept_round(G0, train, held, steps=20, lr=lr, w_anchor=w, motion_source="flow", flow_points=5)
             rounds.append({"photo": photo, "lr": lr, "w_anchor": w,
                            "psnr_unadapted": round(p0, 3),
                            "gain_db": round(psnr_frames(G, b[after], s[after]) - p0, 3),
