@@ -444,7 +444,7 @@ class StreamAdapter:
         ts.finish()
         after = self.score((hx, hm))
         measure_probes(self.G, probe, after)
-        what = f"held-out {cfg.motion_source}-reblur score"
+        what = f"held-out {cfg.motion_source}-reblur{' + sharp-anchor' if self.anchor_scale else ''} score"
         ok = math.isfinite(after.total) and after.total < before.total * (1.0 - cfg.min_gain)
         reason = refusal(before, after, cfg) if ok else f"{what} not better ({before.total:.5f} -> {after.total:.5f})"
         ok = ok and not reason
