@@ -14,6 +14,9 @@ and run 3-10x slower; the load average is recorded with every number):
 3. Cost: one step vs (G forward + motion-net forward) on the same crops; steps/s; stream FPS of the
    runtime pipeline with and without the online adapter.
 
+``--weights default --motion default`` measures what users get (the shipped G and M; issue 13's single-image
+path): ``python bench/adapt_bench.py --weights default --motion default --skip fps --out adapt_default``.
+
 The motion net: the shipped default when installed is *not* used, so numbers stay comparable; a small one is
 trained supervised on kernel blur (below) into ``runs/adapt/`` the first time (not shipped).
 
@@ -295,7 +298,7 @@ def bench_domain_shift(G0, M, steps: int, variants, log) -> dict:
            "eval": f"{len(eb)} crops {EVAL_CROP}^2 of KernelBlurred(bottom halves of the same photos, seed 1), "
                    "never buffered",
            "psnr_blurry": eval_psnr(lambda x: x, eb, es), "psnr_unadapted": eval_psnr(G0, eb, es), "variants": []}
-    log(f"domain shift: blurry {res['psnr_blurry']} dB, unadapted DMPHN 1-2-4 {res['psnr_unadapted']} dB")
+    log(f"domain shift: blurry {res['psnr_blurry']} dB, unadapted {res['psnr_unadapted']} dB")
     probe = random_crops(train_f, 2, 96, torch.Generator().manual_seed(0))
     fwd = forward_cost(G0, M, probe)
     res["forward_G_plus_M_s"] = round(fwd, 3)
@@ -424,7 +427,11 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--lr-scale", type=float, default=1.0, help="scale every variant's lr (pilots)")
     ap.add_argument("--lr", action="append", default=[], metavar="SET=LR",
                     help="this parameter set's lr instead of the default (repeatable), e.g. bias=1e-3")
-    ap.add_argument("--motion", default=None, help="motion-net checkpoint (default: the bench's own, trained if absent)")
+    ap.add_argument("--motion", default=None, help="motion-net checkpoint or shipped name, e.g. default "
+                    "(default: the bench's own, trained if absent)")
+    ap.add_argument("--weights", default=str(SHARED / "pretrained" / "dmphn_1_2_4"),
+                    help="the deblur net adapted: weights path or shipped name, e.g. default (default: the official "
+                         "DMPHN 1-2-4, as in the bench's first runs)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     from neurmap.core import load_motion, load_weights
@@ -442,16 +449,17 @@ def main(argv: list[str]) -> None:
         print(msg, flush=True)
         lines.append(msg)
 
-    motion_path = Path(args.motion).resolve() if args.motion else ensure()
-    M = load_motion(motion_path).eval()
-    side = motion_path.with_suffix(".json")
+    motion = args.motion or str(ensure())
+    M = load_motion(motion).eval()
+    side = Path(motion).with_suffix(".json")
     mstats = json.loads(side.read_text()) if side.exists() else {}
-    weights = str(SHARED / "pretrained" / "dmphn_1_2_4")
+    weights = args.weights
     G0, _ = load_weights(weights)
     skip = set(filter(None, args.skip.split(",")))
-    result = {"motion_net": {"path": str(motion_path), **{k: mstats[k] for k in
+    result = {"motion_net": {"path": motion, **{k: mstats[k] for k in
               ("steps", "heldout_l1_px", "heldout_l1_px_zero_predictor", "mu_sharp") if k in mstats}},
-              "deblur_net": "official DMPHN 1-2-4 (GoPro-trained)", "torch_threads": 1, "load_avg_start": load_avg(),
+              "deblur_net": "official DMPHN 1-2-4 (GoPro-trained)" if "dmphn_1_2_4" in weights else weights,
+              "torch_threads": 1, "load_avg_start": load_avg(),
               "loss_overrides": dict(LOSS_OVERRIDES)}
     chosen = dict(variants)
     if "shift" not in skip:

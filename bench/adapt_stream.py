@@ -63,12 +63,14 @@ def split_items(items: list) -> tuple[list, list]:
     return [it for i, it in enumerate(items) if i % 4 != 3], [it for i, it in enumerate(items) if i % 4 == 3]
 
 
-def adapt(G, M, items: list, source: str, steps: int, points: int = 3):
-    """One guarded stream round of ``G`` (and ``M`` for m / fused) in place on the window's items."""
+def adapt(G, M, items: list, source: str, steps: int, points: int = 3, overrides: dict | None = None):
+    """One guarded stream round of ``G`` (and ``M`` for m / fused) in place on the window's items;
+    ``overrides``: stream-config keys set for every round (``--set``)."""
     from neurmap.edge_runtime.stream_adapt import StreamAdapter, stream_config
 
     train, held = split_items(items)
-    cfg = stream_config({"steps": steps, "device": "cpu", "motion_source": source, "flow_points": points})
+    cfg = stream_config({"steps": steps, "device": "cpu", "motion_source": source, "flow_points": points,
+                         **(overrides or {})})
     return StreamAdapter(G, cfg, M if source != "flow" else None).run_round(train, held)
 
 
@@ -122,8 +124,14 @@ def main() -> None:
     ap.add_argument("--size", default="192x256")
     ap.add_argument("--skip-car", action="store_true")
     ap.add_argument("--skip-int8", action="store_true")
-    ap.add_argument("--results", type=Path, default=None, help="folder for adapt_stream.json (default bench/results)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a stream-config key for every round, repeatable (e.g. --set lr=2e-4 --set reblur_guard=true)")
+    ap.add_argument("--name", default="adapt_stream", help="results file NAME.json")
+    ap.add_argument("--results", type=Path, default=None, help="folder for NAME.json (default bench/results)")
     args = ap.parse_args()
+    overrides = dict(item.split("=", 1) for item in args.set if "=" in item)
+    if len(overrides) != len(args.set):
+        raise SystemExit(f"--set takes KEY=VALUE (e.g. lr=2e-4), got {args.set}")
     torch.set_num_threads(1)
     torch.manual_seed(0)
     from neurmap.core import load_motion, load_weights
@@ -190,7 +198,7 @@ def main() -> None:
             runs.append(("oracle", 0, [MotionFrame(_to_uint8_chw(frames[t]), truth[t]) for t in range(args.window)]))
         for src, pts, items in runs:
             G, M = copy.deepcopy(G0), copy.deepcopy(M0)
-            res = adapt(G, M, items, "flow" if src == "oracle" else src, args.steps, pts or 3)
+            res = adapt(G, M, items, "flow" if src == "oracle" else src, args.steps, pts or 3, overrides)
             p1 = psnr_frames(G, blurry[after], sharp[after])
             mi = res.motion
             r = {"photo": clip["photo"], "source": src, "points": pts or None, "psnr_unadapted": clip["psnr_unadapted"],
@@ -226,7 +234,7 @@ def main() -> None:
             car[f"flow_blur_px@{pts}"] = round(float(np.mean([blur_px(it.motion) for it in items])), 2)
             for s in sources:
                 G, M = copy.deepcopy(G0), copy.deepcopy(M0)
-                res = adapt(G, M, items, s, args.steps, pts)
+                res = adapt(G, M, items, s, args.steps, pts, overrides)
                 with torch.no_grad():
                     n1 = float(np.mean([niqe(G(x[None])[0].clamp(0, 1)) for x in test]))
                 car[f"{s}@{pts}"] = {"niqe_adapted": round(n1, 3), "accepted": res.accepted, "reason": res.reason,
@@ -285,7 +293,7 @@ def main() -> None:
     print("objective", objective)
     print("cost", cost)
     print("summary", summary)
-    report("adapt_stream", rows, {"summary": summary, "clips": clips, "objective_at": objective, "car": car,
+    report(args.name, rows, {"summary": summary, "clips": clips, "objective_at": objective, "car": car,
                                   "cost": cost, "settings": {**vars(args), "results": str(args.results)},
                                   "shake_band": SHAKE_BAND, "heldout_rule": "photo_split(sharp_photos, 'heldout')",
                                   "weights": "default"}, results=args.results)

@@ -16,6 +16,12 @@ the known blur of the pairs (gopro240 ``motion: true``: DIS flow between each wi
 blurred unpaired frames give M no target (``motion: false``): their field is ground truth, which unpaired data
 does not have. The defaults (1.0, 0.5) are configs/motion.yaml's weights, set before any proof run; nothing here
 is tuned on the evaluation sets. ``--spec`` adds (b0): NeurMAP as SPEC has it (fresh M, no prior), the old (b).
+``--w-anchor W`` adds (b+): (b) with G's sharp anchor (``G_anchor``: the unpaired blurry crops shrunk 4x must pass
+G unchanged, the prior the reblur term lacks on the stream path). W = 100 is the stream path's anchor-to-reblur
+ratio (w_anchor 10 : w_reblur 10, chosen on training-split clips, ``experiments/stream_anchor.py``) times SPEC's
+G_reblur 100; measured (``--backbone default --iterations 150 --w-anchor 100``, bench/results/neurmap_proof_anchor.json)
+it moves (b) further below (a) (PSNR -0.04/-0.13/-0.30 -> -0.12/-0.20/-0.32 dB, NIQE -0.22 -> -0.14): here the
+content term already anchors G, so the default is 0.
 
 Held out for evaluation (never drawn in training by either run, nor by the shipped G or M):
 * ``gopro_kernel``: kernel blur of gopro240 frames 100-119 (every 3rd, whole frames at 640x360): PSNR, SSIM, LPIPS
@@ -27,7 +33,7 @@ Writes bench/results/NAME.json: a row per (model, set), the start M's and each r
 gopro_kernel (mean |motion| read vs the known field, pixels), train seconds and the verdict.
 
     python bench/neurmap_proof.py [--backbone default|dmphn_1_2_4] [--iterations 60] [--motion PATH]
-        [--w-video 0.5] [--w-supervised 1.0] [--device auto] [--eval-n N] [--name neurmap_proof]
+        [--w-video 0.5] [--w-supervised 1.0] [--w-anchor W] [--device auto] [--eval-n N] [--name neurmap_proof]
 
 ``config``, ``held_out``, ``score`` and ``motion_reading`` keep their old form for experiments/ and bf16_quality.
 """
@@ -59,9 +65,10 @@ LR = {"lr_G": 5e-5, "lr_M": 1e-4, "lr_D": 1e-4}     # SPEC's
 
 
 def config(out: Path, paired_only: bool, args, warmup: int = 0, motion: str | None = None,
-           prior: bool = False) -> TrainConfig:
+           prior: bool = False, anchor: float = 0.0) -> TrainConfig:
     """One run's config. ``args`` needs iterations, crop, precision; the other flags default to the old proof
-    (DMPHN 1-2-4, batch 2+2, SPEC's lrs). ``prior``: (b)'s M_video / M_supervised terms and their targets."""
+    (DMPHN 1-2-4, batch 2+2, SPEC's lrs). ``prior``: (b)'s M_video / M_supervised terms and their targets;
+    ``anchor``: G's sharp-anchor weight (``G_anchor``)."""
     opt = lambda key, default: getattr(args, key, default)  # noqa: E731
     backbone, init = BACKBONES[opt("backbone", "dmphn_1_2_4")]
     w_sup, w_vid = (opt("w_supervised", 1.0), opt("w_video", 0.5)) if prior else (0.0, 0.0)
@@ -74,7 +81,8 @@ def config(out: Path, paired_only: bool, args, warmup: int = 0, motion: str | No
         checkpoint_every=max(args.iterations // 2, 1), tensorboard=False, precision=args.precision,
         channels_last=True, paired_only=paired_only, seed=0, warmup_iterations=warmup, init_motion=motion,
         device=opt("device", "auto"), workers=opt("workers", 0), batch_paired=opt("batch_paired", 2),
-        batch_unpaired=opt("batch_unpaired", 2), loss_weights={"M_supervised": w_sup, "M_video": w_vid},
+        batch_unpaired=opt("batch_unpaired", 2),
+        loss_weights={"M_supervised": w_sup, "M_video": w_vid, "G_anchor": anchor},
         data={"paired": {"type": "gopro240", "path": str(GOPRO), "frame_range": [0, 80], "n_frames": [7, 13],
                          "cache": True, "motion": bool(w_sup)},
               "unpaired_blurry": [{"type": "kernel", "path": str(GOPRO), "frame_range": [80, 100], "motion": False},
@@ -160,6 +168,8 @@ def main() -> None:
                     help="(b)'s M_video: L1 to the flow-derived blur of car frames 0-39 (configs/motion.yaml's)")
     ap.add_argument("--w-supervised", type=float, default=1.0,
                     help="(b)'s M_supervised: L1 to the pairs' known blur (configs/motion.yaml's)")
+    ap.add_argument("--w-anchor", type=float, default=0.0,
+                    help="> 0 adds (b+), (b) with G_anchor W (100: the stream path's anchor ratio x G_reblur)")
     ap.add_argument("--spec", action="store_true", help="also run (b0): SPEC's NeurMAP, fresh M, no prior")
     ap.add_argument("--eval-n", type=int, default=None, help="evaluate at most N items per set (smoke runs)")
     ap.add_argument("--clips", type=int, default=12, help="camera-shake clips (8 frames each) in shake_clips")
@@ -177,6 +187,9 @@ def main() -> None:
     runs = [("(a) paired only", "paired_only", dict(paired_only=True)),
             ("(b) NeurMAP + motion prior", "neurmap_prior",
              dict(paired_only=False, warmup=args.warmup, motion=args.motion, prior=True))]
+    if args.w_anchor:
+        runs.append(("(b+) NeurMAP + motion prior + sharp anchor", "neurmap_prior_anchor",
+                     dict(paired_only=False, warmup=args.warmup, motion=args.motion, prior=True, anchor=args.w_anchor)))
     if args.spec:
         runs.append(("(b0) NeurMAP as SPEC", "neurmap_spec", dict(paired_only=False, warmup=args.warmup)))
     timing = {}

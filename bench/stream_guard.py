@@ -32,8 +32,8 @@ from adapt_stream import DATA, EXPOSURES, psnr_frames, split_items  # noqa: E402
 from common import report, uptime  # noqa: E402
 
 #: every signal measured, none enforced (infinite tolerances): every finite round is kept, so its gain is known
-PERMISSIVE = {"probe_guard": False, "sharp_guard": True, "sharp_tol_db": float("inf"), "niqe_guard": True,
-              "niqe_tol": float("inf"), "min_gain": -float("inf")}
+PERMISSIVE = {"probe_guard": False, "reblur_guard": False, "sharp_guard": True, "sharp_tol_db": float("inf"),
+              "niqe_guard": True, "niqe_tol": float("inf"), "min_gain": -float("inf")}
 SIGNALS = ("total", "probe_psnr", "sharp_psnr", "niqe")
 
 

@@ -43,6 +43,8 @@ class AdaptConfig:
     probe_tol_db: float = 0.0
     sharp_guard: bool = False         # also require G not to alter already-sharp images more (see guard.sharp_psnr;
     sharp_tol_db: float = 0.0         # the stream path's guard, on by default there)
+    reblur_guard: bool = False        # also require the score's reblur part to drop by min_gain, not only the total
+                                      # (the stream path, where the sharp anchor alone can lower the total)
     min_blur_px: float = 1.0          # skip the round when M reads less blur than this in the held-out frames
     seed: int = 0
     device: str = "auto"              # "auto": cuda when available, else cpu
@@ -58,7 +60,7 @@ class AdaptConfig:
     reblur_space: str = "linear"      # "linear": R averages linear light, as a sensor does; "srgb": on the encoded values
     loss_border: int = 16             # px of each crop's border the reblur loss leaves out (R samples zeros outside)
     w_anchor: float = 0.0             # weight of the sharp anchor: G must leave the crops, shrunk by anchor_scale
-    anchor_scale: int = 4             # (their blur with them), as they are (stream_adapt.anchor_loss)
+    anchor_scale: int = 4             # (their blur with them), as they are (core.losses.sharp_anchor_loss)
 
     def __post_init__(self) -> None:
         if self.motion_source not in MOTION_SOURCES:

@@ -113,7 +113,10 @@ def measure_probes(G: nn.Module, probe, s: Score) -> None:
 
 
 def refusal(before: Score, after: Score, cfg: AdaptConfig) -> str:
-    """Why a round whose score improved is still rejected by the probe, sharp and NIQE guards; "" to accept."""
+    """Why a round whose score improved is still rejected by the reblur, probe, sharp and NIQE guards; "" to accept."""
+    if cfg.reblur_guard and not after.reblur < before.reblur * (1.0 - cfg.min_gain):
+        return (f"the reblur part of the score did not drop ({before.reblur:.5f} -> {after.reblur:.5f}): the round "
+                "only made G leave the shrunk frames more alone, it did not explain the blur better")
     if cfg.probe_guard and after.probe_psnr is not None and after.probe_psnr < before.probe_psnr - cfg.probe_tol_db:
         return f"deblurring probe dropped {before.probe_psnr:.2f} -> {after.probe_psnr:.2f} dB"
     if cfg.sharp_guard and after.sharp_psnr is not None and after.sharp_psnr < before.sharp_psnr - cfg.sharp_tol_db:

@@ -17,17 +17,17 @@ G(B) and the truth S, under each motion). It minimises
       fused  per pixel M's reading where its length agrees with the flow's within ``fuse_band``, else flow
              (:func:`fuse_motion` says why),
 
-with R averaging linear light (:func:`reblur_in`: as a sensor does; in sRGB the known blur itself did not
-gain) and away from each crop's border (R samples zeros outside it), plus ``w_anchor`` times the sharp anchor
-(:func:`anchor_loss`: the crops shrunk 4×, their blur with them, must pass through G unchanged — the prior the
-reblur term lacks: without it rounds sharpen beyond the blur), on random crops of the buffered frames,
-with the same trainable sets and rollback as the single-image path; the guard's score is the same objective on
-held-out frames, beside a sharp probe (G must not alter already-sharp images more than before; the single-image
-path's blurred probe and NIQE rejected the rounds that gained: see ``STREAM_DEFAULTS``). With m / fused, M is
-adapted to this camera first (it is small): ``m_steps`` Adam steps of the sign-invariant L1 to m_flow, kept
-only if the held-out frames agree better, and rolled back with G when the round is. Flow runs in a worker thread
-(:class:`FlowWorker`; OpenCV releases the GIL), never on the inference thread, and its cost is recorded;
-:class:`StreamBuffer` feeds ``neurmap run --adapt`` from the capture thread.
+with R averaging linear light (:func:`reblur_in`: as a sensor does; in sRGB the known blur itself did not gain)
+and away from each crop's border (R samples zeros outside it), plus ``w_anchor`` times the sharp anchor
+(``neurmap.core.losses.sharp_anchor_loss``: the crops shrunk 4×, their blur with them, must pass through G
+unchanged — the prior the reblur term lacks: without it rounds sharpen beyond the blur), on random crops of the
+buffered frames, with the same trainable sets and rollback as the single-image path; the guard's score is the
+same objective on held-out frames, beside a sharp probe (G must not alter already-sharp images more than before;
+the single-image path's blurred probe and NIQE rejected the rounds that gained: see ``STREAM_DEFAULTS``).
+With m / fused, M is adapted to this camera first (it is small): ``m_steps`` Adam steps of the sign-invariant L1
+to m_flow, kept only if the held-out frames agree better, and rolled back with G when the round is. Flow runs
+in a worker thread (:class:`FlowWorker`; OpenCV releases the GIL), never on the inference thread, and its cost
+is recorded; :class:`StreamBuffer` feeds ``neurmap run --adapt`` from the capture thread.
 """
 from __future__ import annotations
 
@@ -41,12 +41,11 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from neurmap.core.errors import NeurmapError
 from neurmap.core.flow_motion import FlowEstimator, check_exposure, velocity, velocity_to_motion
-from neurmap.core.losses import sign_invariant_l1
+from neurmap.core.losses import sharp_anchor_loss, sign_invariant_l1
 
 from .adaptation import AdaptConfig, FrameBuffer, RoundResult, Score, TrainableSet, _to_uint8_chw, pick_device
 from .guard import measure_probes, probe_if_guarded, refusal
@@ -67,10 +66,14 @@ from .trainable import run_steps
 #: close at half scale as at full; at 640×360, with the stencil combined at half scale and upsampled once, its 4
 #: flows take 7.3 ms, 12 % of the default's INT8 inference (``bench/flow_cost.py``: error 0.27 of the known blur,
 #: the central difference's 0.41; "medium" 0.27 at 53 %, "ultrafast" 0.28 at 9 %)
-#: The sharp anchor (``w_anchor``, :func:`anchor_loss`), chosen on 16 training-split clips (stream_guard's set,
+#: The sharp anchor (``w_anchor``, ``sharp_anchor_loss``), chosen on 16 training-split clips (stream_guard's set,
 #: every guard off, 20 steps): mean gain after the window +0.25 dB without it (worst -1.28, 4 losing rounds),
 #: +0.36 with w_anchor 10 (worst -0.26); at lr 2e-4 +0.41 (worst -0.58) and with w_anchor 3 +0.42 (worst -1.51).
 #: With the anchor the sharp guard keeps 15 of the 16 rounds (+0.34 dB); adding the blurred probe keeps 3 (+0.05).
+#: ``reblur_guard`` (the reblur part itself must drop, not only the total the anchor can carry) stays off: on those
+#: clips it keeps 6 rounds at 5e-5 (+0.27 dB, worst -0.19) and 5 at 2e-4 (+0.45, worst +0.08), but held out
+#: (``bench/results/adapt_stream_reblur_guard.json``, lr 2e-4) it kept 3 of 8, -0.055 dB, worst -0.42, and refused
+#: the clip that gains +1.35 dB: the reblur part rises in rounds that gain as often as in rounds that lose.
 STREAM_DEFAULTS = {"params": "all", "lr": 5e-5, "w_sharp": 0.0, "min_blur_px": 0.5, "w_anchor": 10.0,
                    "sharp_guard": True, "probe_guard": False, "niqe_guard": False,   # the guard: see above
                    "flow_points": 5, "flow_preset": "fast", "flow_scale": 0.5}
@@ -216,17 +219,6 @@ def stream_loss(G: nn.Module, blurry: torch.Tensor, motion: torch.Tensor, space:
     return reblur_objective(s_hat, motion, blurry, space, border), s_hat
 
 
-def anchor_loss(G: nn.Module, blurry: torch.Tensor, scale: int = 4) -> torch.Tensor:
-    """L1 of what G changes in the crops area-downscaled by ``scale``: this camera's content, nearly sharp
-    (the blur shrinks with the image: 2.5 px becomes 0.6 px at 1/4), which a deblurrer should leave as it is.
-
-    The reblur term alone does not pin down what the blur removed (frequencies it zeroes cost nothing): rounds
-    sharpened beyond the blur and lost up to 1.28 dB on training-split clips; the anchor is that missing prior,
-    taken from the stream itself (``experiments/stream_anchor.py``: worst round -0.26 dB with it)."""
-    small = F.avg_pool2d(blurry, int(scale))
-    return (G(small).float() - small.float()).abs().mean()
-
-
 def anchor_scale_for(cfg: AdaptConfig) -> int:
     """The anchor's shrink factor for this round's crops: ``cfg.anchor_scale``, lowered so that the shrunk crops
     keep 8 px (the nets' minimum side); 0 = no anchor (``w_anchor`` 0, or crops under 16 px)."""
@@ -370,7 +362,7 @@ class StreamAdapter:
                                       self.cfg.loss_border)
             tot += float(loss) * x[i:i + chunk].shape[0]
             if self.anchor_scale:
-                anchor += float(anchor_loss(self.G, x[i:i + chunk], self.anchor_scale)) * x[i:i + chunk].shape[0]
+                anchor += float(sharp_anchor_loss(self.G, x[i:i + chunk], self.anchor_scale)) * x[i:i + chunk].shape[0]
             outs.append(s_hat.clamp(0, 1).cpu())
         tot, anchor = tot / x.shape[0], anchor / x.shape[0]
         nq = None
@@ -430,7 +422,9 @@ class StreamAdapter:
                 x = x.to(dev)
                 m, _ = self.motion_for(x, mf.to(dev))
                 loss = cfg.w_reblur * stream_loss(self.G, x, m, cfg.reblur_space, cfg.loss_border)[0]
-                return loss + cfg.w_anchor * anchor_loss(self.G, x, self.anchor_scale) if self.anchor_scale else loss
+                if self.anchor_scale:
+                    loss = loss + cfg.w_anchor * sharp_anchor_loss(self.G, x, self.anchor_scale)
+                return loss
 
             losses, times, done, reason = run_steps(steps, loss_fn, opt, ts.params, cfg.grad_clip, self.stop_flag,
                                                     on_step, pause)

@@ -1,12 +1,13 @@
-"""Choosing the stream path's sharp anchor (``w_anchor``, :func:`neurmap.edge_runtime.stream_adapt.anchor_loss`)
+"""Choosing the stream path's sharp anchor (``w_anchor``, :func:`neurmap.core.losses.sharp_anchor_loss`)
 and learning rate on training-split photos only.
 
 The clips of ``bench/stream_guard.py`` (camera-shake clips of ``photo_split(..., "train")`` photos, 16 frames of
 192x256, exposure 0.3 / 0.5 / 0.75 / 1.0 in turn, seeds 900+), one 20-step stream round of the shipped default
 per clip and variant under the flow-derived blur (five-point stencil, exposure estimated on the window) with
 every guard off, so each round's true gain on the frames after the window is known; beside it the sharp and the
-blurred probe before and after, so the guards can be replayed (a rejected round counts 0). ``bench/adapt_stream.py``
-then runs the chosen defaults on held-out photos.
+blurred probe before and after, and the score's parts (total, reblur, anchor), so the guards and acceptance rules
+can be replayed (a rejected round counts 0). ``bench/adapt_stream.py`` then runs the chosen defaults on held-out
+photos.
 
     python experiments/stream_anchor.py [--clips 16]      # ~1 minute per clip on 2 cores
 """
@@ -25,6 +26,28 @@ from stream_guard import kept_round, training_windows
 
 #: (lr, w_anchor): today's defaults without the anchor, then with it, then faster rates
 VARIANTS = [(5e-5, 0.0), (5e-5, 10.0), (2e-4, 10.0), (2e-4, 3.0)]
+
+
+#: acceptance rules replayed on the recorded score parts (each beside the sharp guard); "total" is today's
+RULES = {"total": lambda r: falls(r["total"]),
+         "reblur": lambda r: falls(r["reblur"]),
+         "reblur+anchor": lambda r: falls(r["reblur"]) and r["sharp"][1] <= r["sharp"][0]}
+
+
+def falls(pair, min_gain: float = 0.002) -> bool:
+    """The stream path's acceptance test on one score part: after < before by ``AdaptConfig.min_gain``."""
+    return pair[1] < pair[0] * (1.0 - min_gain)
+
+
+def replayed_rules(rs: list, g: np.ndarray, sharp_ok: np.ndarray) -> dict:
+    """Per rule: rounds accepted, mean gain over all rounds (a rejected round counts 0) and worst accepted."""
+    out = {}
+    for name, rule in RULES.items():
+        ok = sharp_ok & np.array([rule(r) for r in rs])
+        out[f"{name}_accepted"] = int(ok.sum())
+        out[f"{name}_mean_db"] = round(float((g * ok).mean()), 3)
+        out[f"{name}_worst_db"] = round(float(g[ok].min()), 3) if ok.any() else None
+    return out
 
 
 def main() -> None:
@@ -51,7 +74,9 @@ def main() -> None:
                            "psnr_unadapted": round(p0, 3),
                            "gain_db": round(psnr_frames(G, b[after], s[after]) - p0, 3),
                            "sharp_psnr": [round(res.before.sharp_psnr, 3), round(res.after.sharp_psnr, 3)],
-                           "probe_psnr": [round(res.before.probe_psnr, 3), round(res.after.probe_psnr, 3)]})
+                           "probe_psnr": [round(res.before.probe_psnr, 3), round(res.after.probe_psnr, 3)],
+                           **{part: [round(getattr(res.before, part), 6), round(getattr(res.after, part), 6)]
+                              for part in ("total", "reblur", "sharp")}})
             print(rounds[-1], flush=True)
     rows = []
     for lr, w in VARIANTS:
@@ -65,7 +90,8 @@ def main() -> None:
                      "sharp_guard_accepted": int(ok.sum()), "sharp_guard_mean_db": round(float((g * ok).mean()), 3),
                      "sharp_guard_worst_db": round(float(g[ok].min()), 3) if ok.any() else None,
                      "sharp+probe_accepted": int(both.sum()), "sharp+probe_mean_db": round(float((g * both).mean()), 3),
-                     "sharp+probe_worst_db": round(float(g[both].min()), 3) if both.any() else None})
+                     "sharp+probe_worst_db": round(float(g[both].min()), 3) if both.any() else None,
+                     **replayed_rules(rs, g, ok)})
     report("stream_anchor", rows, {"rounds": rounds, "clips": args.clips, "steps": 20,
                                    "set": "photo_split train photos (never the held-out ones adapt_stream.py scores)",
                                    "uptime_before": load_before, "uptime_after": uptime(),

@@ -43,6 +43,18 @@ def frequency_loss(deblurred: torch.Tensor, sharp: torch.Tensor) -> torch.Tensor
     return torch.view_as_real(d).abs().mean()
 
 
+def sharp_anchor_loss(G, blurry: torch.Tensor, scale: int = 4) -> torch.Tensor:
+    """L1 of what G changes in the blurry images area-downscaled by ``scale``: the same content, nearly sharp
+    (the blur shrinks with the image: 2.5 px becomes 0.6 px at 1/4), which a deblurrer should leave as it is.
+
+    The reblur term alone does not pin down what the blur removed (frequencies it zeroes cost nothing): stream
+    rounds sharpened beyond the blur and lost up to 1.28 dB on training-split clips; the anchor is that missing
+    prior, taken from the unpaired blurry data itself (``experiments/stream_anchor.py``: worst round -0.26 dB
+    with it). Used by stream adaptation (``w_anchor``) and NeurMAP training (``loss_weights.G_anchor``)."""
+    small = F.avg_pool2d(blurry, int(scale))
+    return (G(small).float() - small.float()).abs().mean()
+
+
 # --- motion-net priors (what M must say about sharp, blurry and deblurred images) ------------------
 
 def sharp_zero_motion_loss(m_sharp: torch.Tensor) -> torch.Tensor:

@@ -38,6 +38,7 @@ class LossWeights:
     # ours (issue #13), in M's step beside SPEC's terms; 0 = SPEC's step unchanged:
     M_supervised: float = 0.0    # sign-invariant L1(M(B_P), known motion) on pairs that carry one (photos, gopro240)
     M_video: float = 0.0         # sign-invariant L1(M(B_U), flow-derived blur) on unpaired blurry video (video_flow)
+    G_anchor: float = 0.0        # ours (#13), in G's step: B_U shrunk 4x must pass G unchanged (sharp_anchor_loss)
 
     @classmethod
     def real_blur(cls) -> "LossWeights":
@@ -59,6 +60,12 @@ _MEAN_ABS_TAP = sum(abs(k) / 7 for k in range(-7, 8)) / 15
 def offsets_tv(m_rel: torch.Tensor) -> torch.Tensor:
     """TV of the reblur module's tap offsets (in pixels), the smoothness prior on M's motion."""
     return _MEAN_ABS_TAP * L.total_variation(20.0 * m_rel)
+
+
+def anchor_scale(images: torch.Tensor, scale: int = 4) -> int:
+    """The sharp anchor's shrink factor: ``scale``, lowered so that the shrunk crops keep 8 px (the nets' minimum
+    side; 2 at the least)."""
+    return max(2, min(int(scale), min(images.shape[-2:]) // 8))
 
 
 @contextlib.contextmanager
@@ -202,6 +209,10 @@ class NeurMAPStep:
             out["G_global"] = L.generator_adversarial_loss([d.float() for d in d_fake])
             loss_G = sum(getattr(self.w, k) * out[k] for k in
                          ("G_content", "G_reblur", "G_f_sharp", "G_Itv", "G_global"))
+            if self.w.G_anchor:
+                with self.autocast():
+                    out["G_anchor"] = L.sharp_anchor_loss(self.G, unpaired_blurry, anchor_scale(unpaired_blurry))
+                loss_G = loss_G + self.w.G_anchor * out["G_anchor"]
             out["G_total"] = loss_G
             self._check_finite(out, "deblur net")
             self._update(loss_G, self.opt_G, self.G, clip=True)

@@ -110,6 +110,23 @@ def test_each_step_changes_only_its_own_net():
             assert moved == (i == own[name]), f"{name} moved net {i}"
 
 
+def test_sharp_anchor_term_trains_G_to_leave_shrunk_unpaired_blur_alone():
+    """G_anchor alone (every other G weight 0) must move G so that the shrunk unpaired crops pass it more unchanged."""
+    torch.manual_seed(0)
+    G, M, D = build_model("compact"), build_model("motion"), build_model("discriminator")
+    only_anchor = LossWeights(G_content=0, G_reblur=0, G_f_sharp=0, G_global=0, G_anchor=1.0)
+    step = NeurMAPStep(G, M, D, weights=only_anchor, lr_G=1e-3)
+    batch = _real_crops(64)
+    with torch.no_grad():
+        before = float(L.sharp_anchor_loss(G, batch[2], 4))
+    outs = [step(*batch) for _ in range(4)]
+    with torch.no_grad():
+        after = float(L.sharp_anchor_loss(G, batch[2], 4))
+    assert float(outs[0]["G_anchor"]) == pytest.approx(before, rel=1e-3)
+    assert after < 0.7 * before, (before, after)
+    assert "G_anchor" not in NeurMAPStep(G, M, D)(*batch)          # off by default: SPEC's step unchanged
+
+
 def test_non_finite_loss_stops_before_any_update():
     torch.manual_seed(0)
     G, M, D = build_model("dmphn_1_2_4"), build_model("motion"), build_model("discriminator")

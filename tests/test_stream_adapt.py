@@ -88,14 +88,26 @@ def test_stream_round_records_both_probes_and_rolls_back_on_the_sharp_guard(nets
     assert all(torch.equal(after[k], ref[k]) for k in ref)
 
 
+def test_reblur_guard_refuses_a_round_that_only_the_anchor_improved():
+    from neurmap.edge_runtime.guard import Score, refusal
+
+    cfg = stream_config({"reblur_guard": True})
+    before = Score(0.13, 0.0053, 0.0071, sharp_psnr=38.0)
+    anchor_only = Score(0.10, 0.0054, 0.0051, sharp_psnr=39.0)      # `neurmap adapt car`'s round: total fell
+    assert "reblur part" in refusal(before, anchor_only, cfg)
+    assert refusal(before, anchor_only, stream_config({"reblur_guard": False})) == ""
+    assert refusal(before, Score(0.12, 0.0050, 0.0070, sharp_psnr=38.1), cfg) == ""
+
+
 def test_anchor_reads_how_much_G_alters_the_shrunk_stream_content():
-    from neurmap.edge_runtime.stream_adapt import anchor_loss, anchor_scale_for
+    from neurmap.core.losses import sharp_anchor_loss
+    from neurmap.edge_runtime.stream_adapt import anchor_scale_for
 
     blurry, _ = _moving_clip()
     x = torch.stack(blurry[:2])
     blur = torch.nn.AvgPool2d(3, 1, 1, count_include_pad=False)
-    mild, strong = (anchor_loss(lambda t, a=a: t + a * (t - blur(t)), x) for a in (0.2, 0.8))   # unsharp masking
-    assert float(anchor_loss(lambda t: t, x)) == 0.0 and 0.0 < float(mild) < float(strong) / 3
+    mild, strong = (sharp_anchor_loss(lambda t, a=a: t + a * (t - blur(t)), x) for a in (0.2, 0.8))   # unsharp masking
+    assert float(sharp_anchor_loss(lambda t: t, x)) == 0.0 and 0.0 < float(mild) < float(strong) / 3
     with pytest.raises(ConfigError, match="anchor_scale"):
         stream_config({"anchor_scale": 1})
     assert [anchor_scale_for(stream_config({"crop": c})) for c in (96, 24, 8)] == [4, 3, 0]   # shrunk crops >= 8 px
