@@ -19,9 +19,13 @@ is tuned on the evaluation sets. ``--spec`` adds (b0): NeurMAP as SPEC has it (f
 ``--w-anchor W`` adds (b+): (b) with G's sharp anchor (``G_anchor``: the unpaired blurry crops shrunk 4x must pass
 G unchanged, the prior the reblur term lacks on the stream path). W = 100 is the stream path's anchor-to-reblur
 ratio (w_anchor 10 : w_reblur 10, chosen on training-split clips, ``experiments/stream_anchor.py``) times SPEC's
-G_reblur 100; measured (``--backbone default --iterations 150 --w-anchor 100``, bench/results/neurmap_proof_anchor.json)
-it moves (b) further below (a) (PSNR -0.04/-0.13/-0.30 -> -0.12/-0.20/-0.32 dB, NIQE -0.22 -> -0.14): here the
-content term already anchors G, so the default is 0.
+G_reblur 100; measured (``--backbone default --iterations 150 --w-anchor 100``,
+bench/results/neurmap_proof_anchor.json) it moves (b) further below (a) (PSNR -0.04/-0.13/-0.30 -> -0.12/-0.20/-0.32
+dB, NIQE -0.22 -> -0.14): here the content term already anchors G, so the default is 0. ``--reblur-flow W`` adds
+(b~): G's reblur term under the car clip's flow-derived blur as absolute motion, in linear light (``G_reblur_flow``
+W, the stream path's objective) in place of SPEC's under M's relative motion; measured (``--reblur-flow 100``,
+bench/results/neurmap_proof_reblur_flow.json) LPIPS drops below (a)'s on all three sets (-0.0015/-0.0009/-0.0015)
+but PSNR falls further (-0.24/-0.34/-0.19 dB) and NIQE on car rises (+0.14): sharper-looking, less faithful.
 
 Held out for evaluation (never drawn in training by either run, nor by the shipped G or M):
 * ``gopro_kernel``: kernel blur of gopro240 frames 100-119 (every 3rd, whole frames at 640x360): PSNR, SSIM, LPIPS
@@ -33,7 +37,8 @@ Writes bench/results/NAME.json: a row per (model, set), the start M's and each r
 gopro_kernel (mean |motion| read vs the known field, pixels), train seconds and the verdict.
 
     python bench/neurmap_proof.py [--backbone default|dmphn_1_2_4] [--iterations 60] [--motion PATH]
-        [--w-video 0.5] [--w-supervised 1.0] [--w-anchor W] [--device auto] [--eval-n N] [--name neurmap_proof]
+        [--w-video 0.5] [--w-supervised 1.0] [--w-anchor W] [--reblur-flow W] [--device auto] [--eval-n N]
+        [--name neurmap_proof]
 
 ``config``, ``held_out``, ``score`` and ``motion_reading`` keep their old form for experiments/ and bf16_quality.
 """
@@ -65,10 +70,11 @@ LR = {"lr_G": 5e-5, "lr_M": 1e-4, "lr_D": 1e-4}     # SPEC's
 
 
 def config(out: Path, paired_only: bool, args, warmup: int = 0, motion: str | None = None,
-           prior: bool = False, anchor: float = 0.0) -> TrainConfig:
+           prior: bool = False, anchor: float = 0.0, reblur_flow: float = 0.0) -> TrainConfig:
     """One run's config. ``args`` needs iterations, crop, precision; the other flags default to the old proof
     (DMPHN 1-2-4, batch 2+2, SPEC's lrs). ``prior``: (b)'s M_video / M_supervised terms and their targets;
-    ``anchor``: G's sharp-anchor weight (``G_anchor``)."""
+    ``anchor``: G's sharp-anchor weight (``G_anchor``); ``reblur_flow`` > 0: G's reblur term under the video's
+    flow-derived blur (``G_reblur_flow``) in place of SPEC's under M's relative motion (``G_reblur`` 0)."""
     opt = lambda key, default: getattr(args, key, default)  # noqa: E731
     backbone, init = BACKBONES[opt("backbone", "dmphn_1_2_4")]
     w_sup, w_vid = (opt("w_supervised", 1.0), opt("w_video", 0.5)) if prior else (0.0, 0.0)
@@ -82,7 +88,8 @@ def config(out: Path, paired_only: bool, args, warmup: int = 0, motion: str | No
         channels_last=True, paired_only=paired_only, seed=0, warmup_iterations=warmup, init_motion=motion,
         device=opt("device", "auto"), workers=opt("workers", 0), batch_paired=opt("batch_paired", 2),
         batch_unpaired=opt("batch_unpaired", 2),
-        loss_weights={"M_supervised": w_sup, "M_video": w_vid, "G_anchor": anchor},
+        loss_weights={"M_supervised": w_sup, "M_video": w_vid, "G_anchor": anchor,
+                      **({"G_reblur": 0.0, "G_reblur_flow": reblur_flow} if reblur_flow else {})},
         data={"paired": {"type": "gopro240", "path": str(GOPRO), "frame_range": [0, 80], "n_frames": [7, 13],
                          "cache": True, "motion": bool(w_sup)},
               "unpaired_blurry": [{"type": "kernel", "path": str(GOPRO), "frame_range": [80, 100], "motion": False},
@@ -170,6 +177,9 @@ def main() -> None:
                     help="(b)'s M_supervised: L1 to the pairs' known blur (configs/motion.yaml's)")
     ap.add_argument("--w-anchor", type=float, default=0.0,
                     help="> 0 adds (b+), (b) with G_anchor W (100: the stream path's anchor ratio x G_reblur)")
+    ap.add_argument("--reblur-flow", type=float, default=0.0,
+                    help="> 0 adds (b~), (b) with G's reblur term under the car clip's flow-derived blur (absolute, "
+                         "linear light; G_reblur_flow W) instead of M's relative motion (100: SPEC's G_reblur)")
     ap.add_argument("--spec", action="store_true", help="also run (b0): SPEC's NeurMAP, fresh M, no prior")
     ap.add_argument("--eval-n", type=int, default=None, help="evaluate at most N items per set (smoke runs)")
     ap.add_argument("--clips", type=int, default=12, help="camera-shake clips (8 frames each) in shake_clips")
@@ -190,6 +200,10 @@ def main() -> None:
     if args.w_anchor:
         runs.append(("(b+) NeurMAP + motion prior + sharp anchor", "neurmap_prior_anchor",
                      dict(paired_only=False, warmup=args.warmup, motion=args.motion, prior=True, anchor=args.w_anchor)))
+    if args.reblur_flow:
+        runs.append(("(b~) NeurMAP + motion prior, reblur under the video's flow", "neurmap_prior_flow",
+                     dict(paired_only=False, warmup=args.warmup, motion=args.motion, prior=True,
+                          reblur_flow=args.reblur_flow)))
     if args.spec:
         runs.append(("(b0) NeurMAP as SPEC", "neurmap_spec", dict(paired_only=False, warmup=args.warmup)))
     timing = {}

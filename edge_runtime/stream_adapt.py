@@ -17,7 +17,7 @@ G(B) and the truth S, under each motion). It minimises
       fused  per pixel M's reading where its length agrees with the flow's within ``fuse_band``, else flow
              (:func:`fuse_motion` says why),
 
-with R averaging linear light (:func:`reblur_in`: as a sensor does; in sRGB the known blur itself did not gain)
+with R averaging linear light (``neurmap.core.reblur.reblur_in``: as a sensor does; in sRGB the known blur itself did not gain)
 and away from each crop's border (R samples zeros outside it), plus ``w_anchor`` times the sharp anchor
 (``neurmap.core.losses.sharp_anchor_loss``: the crops shrunk 4×, their blur with them, must pass through G
 unchanged — the prior the reblur term lacks: without it rounds sharpen beyond the blur), on random crops of the
@@ -45,7 +45,7 @@ from torch import nn
 
 from neurmap.core.errors import NeurmapError
 from neurmap.core.flow_motion import FlowEstimator, check_exposure, velocity, velocity_to_motion
-from neurmap.core.losses import sharp_anchor_loss, sign_invariant_l1
+from neurmap.core.losses import reblur_objective, sharp_anchor_loss, sign_invariant_l1
 
 from .adaptation import AdaptConfig, FrameBuffer, RoundResult, Score, TrainableSet, _to_uint8_chw, pick_device
 from .guard import measure_probes, probe_if_guarded, refusal
@@ -180,36 +180,6 @@ def fuse_motion(m_net: torch.Tensor, m_flow: torch.Tensor, band: float = 2.0) ->
     a, b = m_net.norm(dim=1, keepdim=True), m_flow.norm(dim=1, keepdim=True)
     agree = (a <= b * band) & (a * band >= b) & (b > 0)
     return torch.where(agree, m_net, m_flow), float(agree.float().mean())
-
-
-def reblur_in(space: str, x: torch.Tensor, motion: torch.Tensor) -> torch.Tensor:
-    """R(x, m) averaged in ``space``: "linear" decodes sRGB, blurs linear light and encodes again — a sensor
-    integrates light during the exposure and the camera's tone curve (≈ sRGB) comes after, so this is the
-    blur real footage has; "srgb" is R on the encoded values (SPEC's). On held-out camera-shake clips under
-    their known blur, R in sRGB leaves 1.2-3x the residual to B that R in linear light does (3 clips), and on
-    one (test_217090) 20 steps of the loss under the known blur lose 0.13 dB in sRGB but gain 0.30 dB in
-    linear light."""
-    from neurmap.core.reblur import reblur
-
-    if space == "srgb":
-        return reblur(x, motion)
-    from neurmap.core.data.synthesis import linear_to_srgb, srgb_to_linear
-
-    # clamp_min: the encoding's x^(1/2.4) has an infinite slope at 0 (NaN through torch.where's other branch)
-    return linear_to_srgb(reblur(srgb_to_linear(x.clamp(0, 1)), motion).clamp_min(1e-6))
-
-
-def reblur_objective(x: torch.Tensor, motion: torch.Tensor, blurry: torch.Tensor, space: str = "linear",
-                     border: int = 16) -> torch.Tensor:
-    """ℓ_rb(R(X, m), B) away from the crop's border: R samples zeros outside the crop, which on 96² crops made
-    the border more than half the loss. The border is at most a quarter of the crop's side."""
-    from neurmap.core import losses as L
-
-    r = reblur_in(space, x, motion.detach().to(x.dtype))
-    b = min(int(border), min(blurry.shape[-2:]) // 4)
-    if b:
-        r, blurry = r[..., b:-b, b:-b], blurry[..., b:-b, b:-b]
-    return L.reblur_loss(r, blurry.to(r.dtype))
 
 
 def stream_loss(G: nn.Module, blurry: torch.Tensor, motion: torch.Tensor, space: str = "linear",

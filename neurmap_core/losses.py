@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from .metrics.ssim import ms_ssim, ms_ssim_official
+from .reblur import reblur_in
 
 
 # --- likelihood terms -------------------------------------------------------------------------------
@@ -53,6 +54,17 @@ def sharp_anchor_loss(G, blurry: torch.Tensor, scale: int = 4) -> torch.Tensor:
     with it). Used by stream adaptation (``w_anchor``) and NeurMAP training (``loss_weights.G_anchor``)."""
     small = F.avg_pool2d(blurry, int(scale))
     return (G(small).float() - small.float()).abs().mean()
+
+
+def reblur_objective(x: torch.Tensor, motion: torch.Tensor, blurry: torch.Tensor, space: str = "linear",
+                     border: int = 16) -> torch.Tensor:
+    """ℓ_rb(R(X, m), B) away from the crop's border: R samples zeros outside the crop, which on 96² crops made
+    the border more than half the loss. The border is at most a quarter of the crop's side."""
+    r = reblur_in(space, x, motion.detach().to(x.dtype))
+    b = min(int(border), min(blurry.shape[-2:]) // 4)
+    if b:
+        r, blurry = r[..., b:-b, b:-b], blurry[..., b:-b, b:-b]
+    return reblur_loss(r, blurry.to(r.dtype))
 
 
 # --- motion-net priors (what M must say about sharp, blurry and deblurred images) ------------------

@@ -39,6 +39,8 @@ class LossWeights:
     M_supervised: float = 0.0    # sign-invariant L1(M(B_P), known motion) on pairs that carry one (photos, gopro240)
     M_video: float = 0.0         # sign-invariant L1(M(B_U), flow-derived blur) on unpaired blurry video (video_flow)
     G_anchor: float = 0.0        # ours (#13), in G's step: B_U shrunk 4x must pass G unchanged (sharp_anchor_loss)
+    G_reblur_flow: float = 0.0   # ours (#13), in G's step: ℓ_rb(R(Ŝ_U, m_flow), B_U) in linear light on unpaired
+                                 # video, its flow-derived blur as absolute motion (as the stream path adapts)
 
     @classmethod
     def real_blur(cls) -> "LossWeights":
@@ -209,6 +211,12 @@ class NeurMAPStep:
             out["G_global"] = L.generator_adversarial_loss([d.float() for d in d_fake])
             loss_G = sum(getattr(self.w, k) * out[k] for k in
                          ("G_content", "G_reblur", "G_f_sharp", "G_Itv", "G_global"))
+            if self.w.G_reblur_flow:
+                t = self._target("G_reblur_flow", unpaired_motion)
+                valid = torch.isfinite(t).flatten(1).all(1)      # video items only: the others carry no flow
+                out["G_reblur_flow"] = (L.reblur_objective(s_hat[n_p:][valid], t[valid], unpaired_blurry[valid])
+                                        if valid.any() else s_hat.new_zeros(()))
+                loss_G = loss_G + self.w.G_reblur_flow * out["G_reblur_flow"]
             if self.w.G_anchor:
                 with self.autocast():
                     out["G_anchor"] = L.sharp_anchor_loss(self.G, unpaired_blurry, anchor_scale(unpaired_blurry))

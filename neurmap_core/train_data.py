@@ -148,11 +148,12 @@ class BatchSampler:
         for name, ds in self.sources.items():
             if len(ds) == 0:
                 raise NeurmapError(f"data.{name} holds no images")
-        # a NeurMAP run's unpaired blurry may mix video (M_video's target) with blur that has none
-        self.partial_unpaired_motion = bool(w.M_video) and not cfg.motion_only and not cfg.paired_only
+        # a NeurMAP run's unpaired blurry may mix video (M_video's and G_reblur_flow's motion) with blur that has none
+        video_terms = [k for k in ("M_video", "G_reblur_flow") if getattr(w, k)]
+        self.partial_unpaired_motion = bool(video_terms) and not cfg.motion_only and not cfg.paired_only
         if self.partial_unpaired_motion and not _yields_motion(self.sources["unpaired_blurry"]):
-            raise NeurmapError("loss_weights.M_video > 0 needs a data.unpaired_blurry source with motion targets "
-                               "(video_flow); add one or set M_video: 0")
+            raise NeurmapError(f"loss_weights.{video_terms[0]} > 0 needs a data.unpaired_blurry source with motion "
+                               f"targets (video_flow); add one or set {video_terms[0]}: 0")
         self.cfg, self.rank, self.world = cfg, rank, world
         # synthesis_device: the paired sources' blur rendered in the main process on the training device
         self.device = torch.device(device if device is not None else "cpu")
@@ -165,7 +166,7 @@ class BatchSampler:
             self.names += ["paired_motion"] + (["unpaired_blurry", "unpaired_motion"] if len(roles) > 1 else [])
         elif not cfg.paired_only:
             self.names += ["unpaired_blurry", "unpaired_sharp"] + (["paired_motion"] if w.M_supervised else []) \
-                + (["unpaired_motion"] if w.M_video else [])
+                + (["unpaired_motion"] if w.M_video or w.G_reblur_flow else [])
 
     def _draw(self, ds: Dataset, n: int, g: torch.Generator, it: int) -> list[dict]:
         idx = torch.randint(0, len(ds), (n * self.world,), generator=g)[self.rank * n:(self.rank + 1) * n]

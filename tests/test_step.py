@@ -127,6 +127,31 @@ def test_sharp_anchor_term_trains_G_to_leave_shrunk_unpaired_blur_alone():
     assert "G_anchor" not in NeurMAPStep(G, M, D)(*batch)          # off by default: SPEC's step unchanged
 
 
+def test_flow_reblur_term_reads_only_the_video_items_and_needs_their_motion():
+    """G_reblur_flow: ℓ_rb under the given absolute motion, on the unpaired items that carry one (NaN: none)."""
+    from neurmap.core import load_weights
+    from neurmap.core.errors import ConfigError
+    from neurmap.core.reblur import reblur
+
+    torch.manual_seed(0)
+    G, M, D = load_weights("default")[0], build_model("motion"), build_model("discriminator")
+    pb, ps, _, us = _real_crops(64)
+    motion = torch.zeros(2, 2, 64, 64)
+    motion[0, 1] = 0.25                                              # 5 px horizontal blur on item 0
+    ub = reblur(ps.flip(0), motion)                                  # the truth of item 0 is ps[1]
+    motion[1] = float("nan")                                         # item 1: no flow (kernel blur, say)
+    only_flow = LossWeights(G_content=0, G_reblur=0, G_f_sharp=0, G_global=0, G_reblur_flow=1.0)
+    step = NeurMAPStep(G, M, D, weights=only_flow, lr_G=1e-4, grad_clip=None)
+    with torch.no_grad():
+        expect = float(L.reblur_objective(G(ub[:1]).float(), motion[:1], ub[:1]))
+    out = step(pb, ps, ub, us, unpaired_motion=motion)
+    assert float(out["G_reblur_flow"]) == pytest.approx(expect, rel=1e-3) and torch.isfinite(out["G_total"])
+    later = [float(step(pb, ps, ub, us, unpaired_motion=motion)["G_reblur_flow"]) for _ in range(5)]
+    assert later[-1] < 0.5 * expect, (expect, later)                 # G learns to explain the video's blur
+    with pytest.raises(ConfigError, match="G_reblur_flow"):
+        step(pb, ps, ub, us)
+
+
 def test_non_finite_loss_stops_before_any_update():
     torch.manual_seed(0)
     G, M, D = build_model("dmphn_1_2_4"), build_model("motion"), build_model("discriminator")
