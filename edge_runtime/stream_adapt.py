@@ -17,8 +17,8 @@ G(B) and the truth S, under each motion). It minimises
       fused  per pixel M's reading where its length agrees with the flow's within ``fuse_band``, else flow
              (:func:`fuse_motion` says why),
 
-with R averaging linear light (``neurmap.core.reblur.reblur_in``: as a sensor does; in sRGB the known blur itself did not gain)
-and away from each crop's border (R samples zeros outside it), plus ``w_anchor`` times the sharp anchor
+with R averaging linear light (``neurmap.core.reblur.reblur_in``: as a sensor does; in sRGB the known blur itself
+did not gain) and away from each crop's border (R samples zeros outside it), plus ``w_anchor`` times the sharp anchor
 (``neurmap.core.losses.sharp_anchor_loss``: the crops shrunk 4×, their blur with them, must pass through G
 unchanged — the prior the reblur term lacks: without it rounds sharpen beyond the blur), on random crops of the
 buffered frames, with the same trainable sets and rollback as the single-image path; the guard's score is the
@@ -74,6 +74,9 @@ from .trainable import run_steps
 #: clips it keeps 6 rounds at 5e-5 (+0.27 dB, worst -0.19) and 5 at 2e-4 (+0.45, worst +0.08), but held out
 #: (``bench/results/adapt_stream_reblur_guard.json``, lr 2e-4) it kept 3 of 8, -0.055 dB, worst -0.42, and refused
 #: the clip that gains +1.35 dB: the reblur part rises in rounds that gain as often as in rounds that lose.
+#: Nor does the blurred probe with a tolerance replace the anchor: without it, probe within 0.3 dB, the training clips
+#: keep 7 rounds (+0.31 dB, none losing), but held out the sharp guard refuses 7 of 8 (+0.019 dB;
+#: ``bench/results/adapt_stream_probe_tol.json``): without the anchor flow rounds alter sharp content.
 STREAM_DEFAULTS = {"params": "all", "lr": 5e-5, "w_sharp": 0.0, "min_blur_px": 0.5, "w_anchor": 10.0,
                    "sharp_guard": True, "probe_guard": False, "niqe_guard": False,   # the guard: see above
                    "flow_points": 5, "flow_preset": "fast", "flow_scale": 0.5}
