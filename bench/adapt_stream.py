@@ -20,7 +20,9 @@ model trains on), ``--clips`` of them spread over the sorted list.
    at 640×360 (×4 for the five-point stencil) vs the default's ONNX Runtime INT8 inference at 640×360
    (``neurmap export``'s recipe), both in CPU time on one thread.
 
-One torch thread (a shared 2-core CPU); the load average is recorded.
+One torch thread (a shared 2-core CPU); the load average is recorded. ``--set KEY=VALUE`` (repeatable) changes a
+stream-config key for every round and ``--name`` the results file, for variants beside the defaults, e.g.
+``--flow-points 5 --set lr=2e-4 --set reblur_guard=true --name adapt_stream_reblur_guard``.
 """
 from __future__ import annotations
 

@@ -72,13 +72,14 @@ def training_windows(n: int, worker):
         yield f"{photos[i].parent.name}/{photos[i].name}", e, est, b, s, train, held
 
 
-def kept_round(G0, train, held, **overrides):
-    """One stream round of a copy of ``G0`` with every guard signal measured and none enforced (``PERMISSIVE``),
-    so it is always kept and its true gain can be read: (the adapted copy, the round's result)."""
+def kept_round(G0, train, held, M0=None, **overrides):
+    """One stream round of a copy of ``G0`` (and of the motion net ``M0`` for sources m / fused) with every guard
+    signal measured and none enforced (``PERMISSIVE``), so it is always kept and its true gain can be read:
+    (the adapted copy of G, the round's result)."""
     from neurmap.edge_runtime.stream_adapt import StreamAdapter, stream_config
 
-    G = copy.deepcopy(G0)
-    res = StreamAdapter(G, stream_config({"device": "cpu", **overrides, **PERMISSIVE})).run_round(train, held)
+    G, M = copy.deepcopy(G0), copy.deepcopy(M0) if M0 is not None else None
+    res = StreamAdapter(G, stream_config({"device": "cpu", **overrides, **PERMISSIVE}), M).run_round(train, held)
     return G, res
 
 

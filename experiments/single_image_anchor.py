@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _setup import RESULTS  # noqa: I001  (first: puts bench/ on sys.path)
+from _setup import RESULTS, shipped_start  # noqa: I001  (first: puts bench/ on sys.path)
 from adapt_bench import eval_psnr
 from common import report, uptime
 from stream_guard import PERMISSIVE
@@ -47,17 +47,11 @@ def main() -> None:
     ap.add_argument("--photos", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    from neurmap.core import load_motion, load_weights
+    G0, M, t0, load_before = shipped_start(args.threads)
     from neurmap.core.data import photo_split
     from neurmap.edge_runtime.adaptation import AdaptConfig, Adapter, default_lr
     from neurmap.edge_runtime.stream_adapt import MotionFrame, StreamAdapter, stream_config
 
-    t0, load_before = time.perf_counter(), uptime()
-    G0, _ = load_weights("default")
-    G0.eval()
-    M = load_motion("default").eval()
     photos = photo_split(SHARP, "train")
     rows = []
     for k, path in enumerate(photos[:: len(photos) // args.photos][: args.photos]):

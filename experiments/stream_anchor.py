@@ -17,9 +17,8 @@ import argparse
 import time
 
 import numpy as np
-import torch
 
-from _setup import RESULTS  # noqa: I001  (first: puts bench/ on sys.path)
+from _setup import RESULTS, shipped_start  # noqa: I001  (first: puts bench/ on sys.path)
 from adapt_stream import psnr_frames
 from common import report, uptime
 from stream_guard import kept_round, training_windows
@@ -55,14 +54,9 @@ def main() -> None:
     ap.add_argument("--clips", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    from neurmap.core import load_weights
+    G0, _, t0, load_before = shipped_start(args.threads)
     from neurmap.edge_runtime.stream_adapt import flow_worker, stream_config
 
-    t0, load_before = time.perf_counter(), uptime()
-    G0, _ = load_weights("default")
-    G0.eval()
     worker = flow_worker(stream_config())
     rounds = []
     for photo, _e, _est, b, s, train, held in training_windows(args.clips, worker):
