@@ -70,6 +70,11 @@ from .trainable import run_steps
 #: every guard off, 20 steps): mean gain after the window +0.25 dB without it (worst -1.28, 4 losing rounds),
 #: +0.36 with w_anchor 10 (worst -0.26); at lr 2e-4 +0.41 (worst -0.58) and with w_anchor 3 +0.42 (worst -1.51).
 #: With the anchor the sharp guard keeps 15 of the 16 rounds (+0.34 dB); adding the blurred probe keeps 3 (+0.05).
+#: Then the reblur term's weight against the anchor's 10 (Adam is scale-free, so it sets the anchor's share):
+#: w_reblur 10 / 30 / 100 / 300 / 1000 gain +0.36 / +0.44 / +0.48 / +0.45 / +0.37 dB with every round kept and
+#: +0.34 / +0.39 / +0.43 / +0.42 / +0.39 behind the sharp guard, whose worst kept round is -0.26 / -0.20 / -0.08 /
+#: +0.01 / -0.003 dB: 300 is the weight at which no kept round lost. Held out (bench/results/adapt_stream.json) it
+#: keeps 2 of 8 flow rounds, +0.04 dB, none below the unadapted model (w_reblur 10: 8 kept, +0.17, worst -0.30).
 #: ``reblur_guard`` (the reblur part itself must drop, not only the total the anchor can carry) stays off: on those
 #: clips it keeps 6 rounds at 5e-5 (+0.27 dB, worst -0.19) and 5 at 2e-4 (+0.45, worst +0.08), but held out
 #: (``bench/results/adapt_stream_reblur_guard.json``, lr 2e-4) it kept 3 of 8, -0.055 dB, worst -0.42, and refused
@@ -77,7 +82,7 @@ from .trainable import run_steps
 #: Nor does the blurred probe with a tolerance replace the anchor: without it, probe within 0.3 dB, the training clips
 #: keep 7 rounds (+0.31 dB, none losing), but held out the sharp guard refuses 7 of 8 (+0.019 dB;
 #: ``bench/results/adapt_stream_probe_tol.json``): without the anchor flow rounds alter sharp content.
-STREAM_DEFAULTS = {"params": "all", "lr": 5e-5, "w_sharp": 0.0, "min_blur_px": 0.5, "w_anchor": 10.0,
+STREAM_DEFAULTS = {"params": "all", "lr": 5e-5, "w_sharp": 0.0, "min_blur_px": 0.5, "w_anchor": 10.0, "w_reblur": 300.0,
                    "sharp_guard": True, "probe_guard": False, "niqe_guard": False,   # the guard: see above
                    "flow_points": 5, "flow_preset": "fast", "flow_scale": 0.5}
 

@@ -1,5 +1,5 @@
-"""Choosing the stream path's sharp anchor (``w_anchor``, :func:`neurmap.core.losses.sharp_anchor_loss`)
-and learning rate on training-split photos only.
+"""Choosing the stream path's sharp anchor (``w_anchor``, :func:`neurmap.core.losses.sharp_anchor_loss`), its
+share against the reblur term (``w_reblur``) and the learning rate, on training-split photos only.
 
 The clips of ``bench/stream_guard.py`` (camera-shake clips of ``photo_split(..., "train")`` photos, 16 frames of
 192x256, exposure 0.3 / 0.5 / 0.75 / 1.0 in turn, seeds 900+), one 20-step stream round of the shipped default
@@ -9,7 +9,7 @@ blurred probe before and after, and the score's parts (total, reblur, anchor), s
 can be replayed (a rejected round counts 0). ``bench/adapt_stream.py`` then runs the chosen defaults on held-out
 photos.
 
-    python experiments/stream_anchor.py [--clips 16]      # ~1 minute per clip on 2 cores
+    python experiments/stream_anchor.py [--clips 16]      # ~40 s per clip on 2 cores
 """
 from __future__ import annotations
 
@@ -23,8 +23,10 @@ from adapt_stream import psnr_frames
 from common import report, uptime
 from stream_guard import kept_round, training_windows
 
-#: (lr, w_anchor): today's defaults without the anchor, then with it, then faster rates
-VARIANTS = [(5e-5, 0.0), (5e-5, 10.0), (2e-4, 10.0), (2e-4, 3.0)]
+#: (lr, w_anchor, w_reblur): the defaults before the anchor, with it, faster rates, then the reblur term's weight
+#: (Adam is scale-free, so w_reblur sets the anchor's share: 10 : 10 first, 10 : 1000 last)
+VARIANTS = [(5e-5, 0.0, 10.0), (5e-5, 10.0, 10.0), (2e-4, 10.0, 10.0), (2e-4, 3.0, 10.0),
+            (5e-5, 10.0, 30.0), (5e-5, 10.0, 100.0), (5e-5, 10.0, 300.0), (5e-5, 10.0, 1000.0)]
 
 
 #: acceptance rules replayed on the recorded score parts (each beside the sharp guard); "total" is today's
@@ -62,9 +64,10 @@ def main() -> None:
     for photo, _e, _est, b, s, train, held in training_windows(args.clips, worker):
         after = slice(10, 16)
         p0 = psnr_frames(G0, b[after], s[after])
-        for lr, w in VARIANTS:
-            G, res = kept_round(G0, train, held, steps=20, lr=lr, w_anchor=w, motion_source="flow", flow_points=5)
-            rounds.append({"photo": photo, "lr": lr, "w_anchor": w,
+        for lr, w, wr in VARIANTS:
+            G, res = kept_round(G0, train, held, steps=20, lr=lr, w_anchor=w, w_reblur=wr, motion_source="flow",
+                                flow_points=5)
+            rounds.append({"photo": photo, "lr": lr, "w_anchor": w, "w_reblur": wr,
                            "psnr_unadapted": round(p0, 3),
                            "gain_db": round(psnr_frames(G, b[after], s[after]) - p0, 3),
                            "sharp_psnr": [round(res.before.sharp_psnr, 3), round(res.after.sharp_psnr, 3)],
@@ -73,12 +76,12 @@ def main() -> None:
                               for part in ("total", "reblur", "sharp")}})
             print(rounds[-1], flush=True)
     rows = []
-    for lr, w in VARIANTS:
-        rs = [r for r in rounds if (r["lr"], r["w_anchor"]) == (lr, w)]
+    for lr, w, wr in VARIANTS:
+        rs = [r for r in rounds if (r["lr"], r["w_anchor"], r["w_reblur"]) == (lr, w, wr)]
         g = np.array([r["gain_db"] for r in rs])
         ok = np.array([r["sharp_psnr"][1] >= r["sharp_psnr"][0] for r in rs])
         both = ok & np.array([r["probe_psnr"][1] >= r["probe_psnr"][0] for r in rs])
-        rows.append({"lr": lr, "w_anchor": w, "mean_gain_db": round(float(g.mean()), 3),
+        rows.append({"lr": lr, "w_anchor": w, "w_reblur": wr, "mean_gain_db": round(float(g.mean()), 3),
                      "median_gain_db": round(float(np.median(g)), 3), "worst_db": round(float(g.min()), 3),
                      "losing": int((g < 0).sum()), "gaining_0.5dB": int((g >= 0.5).sum()),
                      "sharp_guard_accepted": int(ok.sum()), "sharp_guard_mean_db": round(float((g * ok).mean()), 3),
