@@ -45,7 +45,7 @@ from torch import nn
 
 from neurmap.core.errors import NeurmapError
 from neurmap.core.flow_motion import FlowEstimator, check_exposure, velocity, velocity_to_motion
-from neurmap.core.losses import reblur_objective, sharp_anchor_loss, sign_invariant_l1
+from neurmap.core.losses import anchor_shrink, reblur_objective, sharp_anchor_loss, sign_invariant_l1
 
 from .adaptation import AdaptConfig, FrameBuffer, RoundResult, Score, TrainableSet, _to_uint8_chw, pick_device
 from .guard import measure_probes, probe_if_guarded, refusal
@@ -201,7 +201,7 @@ def stream_loss(G: nn.Module, blurry: torch.Tensor, motion: torch.Tensor, space:
 def anchor_scale_for(cfg: AdaptConfig) -> int:
     """The anchor's shrink factor for this round's crops: ``cfg.anchor_scale``, lowered so that the shrunk crops
     keep 8 px (the nets' minimum side); 0 = no anchor (``w_anchor`` 0, or crops under 16 px)."""
-    scale = min(int(cfg.anchor_scale), min(int(cfg.crop), int(cfg.eval_crop)) // 8)
+    scale = anchor_shrink(min(int(cfg.crop), int(cfg.eval_crop)), cfg.anchor_scale)
     return scale if cfg.w_anchor and scale >= 2 else 0
 
 

@@ -21,17 +21,18 @@ import numpy as np
 from _setup import RESULTS, shipped_start  # noqa: I001  (first: puts bench/ on sys.path)
 from adapt_stream import psnr_frames
 from common import report, uptime
-from stream_guard import kept_round, training_windows
+from stream_guard import kept_round, rules, training_windows
 
 #: name -> the round's overrides; "anchor only" drops the reblur term (no motion at all): what the motion adds
 SOURCES = {"flow": {"motion_source": "flow"}, "fused": {"motion_source": "fused"}, "m": {"motion_source": "m"},
            "anchor only": {"motion_source": "flow", "w_reblur": 0.0}}
 
 
-def default_guard(source: str, r: dict, min_gain: float) -> bool:
-    """The source's default guard (``stream_config``) on a recorded round."""
-    ok = r["total"][1] < r["total"][0] * (1 - min_gain) and r["sharp_psnr"][1] >= r["sharp_psnr"][0]
-    return ok and (SOURCES[source]["motion_source"] == "flow" or r["probe_psnr"][1] >= r["probe_psnr"][0])
+def default_guard(source: str, r: dict) -> bool:
+    """The source's default guard (``stream_config``) on a recorded round, from stream_guard's rules."""
+    guards = rules()
+    ok = guards["score + sharp (stream default)"](r)
+    return ok and (SOURCES[source]["motion_source"] == "flow" or guards["score + probe"](r))
 
 
 def main() -> None:
@@ -40,7 +41,6 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     G0, M0, t0, load_before = shipped_start(args.threads)
-    from neurmap.edge_runtime.adapt_config import AdaptConfig
     from neurmap.edge_runtime.stream_adapt import flow_worker, stream_config
 
     worker = flow_worker(stream_config())
@@ -60,7 +60,7 @@ def main() -> None:
     for source in SOURCES:
         rs = [r for r in rounds if r["source"] == source]
         g = np.array([r["gain_db"] for r in rs])
-        ok = np.array([default_guard(source, r, AdaptConfig.min_gain) for r in rs])
+        ok = np.array([default_guard(source, r) for r in rs])
         rows.append({"source": source, "mean_gain_db": round(float(g.mean()), 3), "worst_db": round(float(g.min()), 3),
                      "losing": int((g < 0).sum()), "guard_accepted": int(ok.sum()),
                      "guard_mean_db": round(float((g * ok).mean()), 3),

@@ -56,6 +56,12 @@ def sharp_anchor_loss(G, blurry: torch.Tensor, scale: int = 4) -> torch.Tensor:
     return (G(small).float() - small.float()).abs().mean()
 
 
+def anchor_shrink(side: int, scale: int = 4) -> int:
+    """The sharp anchor's shrink factor for crops of ``side`` px: ``scale``, lowered so that the shrunk crops keep
+    8 px (the nets' minimum side)."""
+    return min(int(scale), int(side) // 8)
+
+
 def reblur_objective(x: torch.Tensor, motion: torch.Tensor, blurry: torch.Tensor, space: str = "linear",
                      border: int = 16) -> torch.Tensor:
     """ℓ_rb(R(X, m), B) away from the crop's border: R samples zeros outside the crop, which on 96² crops made

@@ -64,12 +64,6 @@ def offsets_tv(m_rel: torch.Tensor) -> torch.Tensor:
     return _MEAN_ABS_TAP * L.total_variation(20.0 * m_rel)
 
 
-def anchor_scale(images: torch.Tensor, scale: int = 4) -> int:
-    """The sharp anchor's shrink factor: ``scale``, lowered so that the shrunk crops keep 8 px (the nets' minimum
-    side; 2 at the least)."""
-    return max(2, min(int(scale), min(images.shape[-2:]) // 8))
-
-
 @contextlib.contextmanager
 def frozen(*nets: nn.Module):
     """Parameters of ``nets`` take no gradient inside the block (their weights cannot change)."""
@@ -219,7 +213,8 @@ class NeurMAPStep:
                 loss_G = loss_G + self.w.G_reblur_flow * out["G_reblur_flow"]
             if self.w.G_anchor:
                 with self.autocast():
-                    out["G_anchor"] = L.sharp_anchor_loss(self.G, unpaired_blurry, anchor_scale(unpaired_blurry))
+                    scale = max(2, L.anchor_shrink(min(unpaired_blurry.shape[-2:])))
+                    out["G_anchor"] = L.sharp_anchor_loss(self.G, unpaired_blurry, scale)
                 loss_G = loss_G + self.w.G_anchor * out["G_anchor"]
             out["G_total"] = loss_G
             self._check_finite(out, "deblur net")
