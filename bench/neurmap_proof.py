@@ -26,6 +26,15 @@ dB, NIQE -0.22 -> -0.14): here the content term already anchors G, so the defaul
 W, the stream path's objective) in place of SPEC's under M's relative motion; measured (``--reblur-flow 100``,
 bench/results/neurmap_proof_reblur_flow.json) LPIPS drops below (a)'s on all three sets (-0.0015/-0.0009/-0.0015)
 but PSNR falls further (-0.24/-0.34/-0.19 dB) and NIQE on car rises (+0.14): sharper-looking, less faithful.
+``--photo-clips N`` adds (b*): (b~) whose unpaired blurry also holds N handheld camera-shake clips of
+training-split photos (:func:`neurmap.core.data.photo_shake_videos`: blurry frames only, shake and exposure drawn
+per clip, the exposure estimated, the blur from the neighbours' flow) — footage of the kind a user brings, of scenes
+no evaluation set shows. Its G_reblur_flow weight was chosen on training-split photos
+(``experiments/proof_clips_weight.py``: 100 / 300 / 1000 / 3000 move validation shake clips -0.02 / -0.07 / -0.12
+/ -0.14 dB from (a)), so 100; measured (``--photo-clips 24``, bench/results/neurmap_proof_clips.json) PSNR
++0.03 / -0.00 / +0.01 dB, LPIPS +0.0015 / +0.0017 / +0.0010, NIQE -0.06: even under the true kind of blur with
+accurate flow, 150 iterations of the reblur term do not add to what the paired term (and the start's photo pairs)
+teach.
 
 Held out for evaluation (never drawn in training by either run, nor by the shipped G or M):
 * ``gopro_kernel``: kernel blur of gopro240 frames 100-119 (every 3rd, whole frames at 640x360): PSNR, SSIM, LPIPS
@@ -70,11 +79,13 @@ LR = {"lr_G": 5e-5, "lr_M": 1e-4, "lr_D": 1e-4}     # SPEC's
 
 
 def config(out: Path, paired_only: bool, args, warmup: int = 0, motion: str | None = None,
-           prior: bool = False, anchor: float = 0.0, reblur_flow: float = 0.0) -> TrainConfig:
+           prior: bool = False, anchor: float = 0.0, reblur_flow: float = 0.0, photo_clips: int = 0) -> TrainConfig:
     """One run's config. ``args`` needs iterations, crop, precision; the other flags default to the old proof
     (DMPHN 1-2-4, batch 2+2, SPEC's lrs). ``prior``: (b)'s M_video / M_supervised terms and their targets;
     ``anchor``: G's sharp-anchor weight (``G_anchor``); ``reblur_flow`` > 0: G's reblur term under the video's
-    flow-derived blur (``G_reblur_flow``) in place of SPEC's under M's relative motion (``G_reblur`` 0)."""
+    flow-derived blur (``G_reblur_flow``) in place of SPEC's under M's relative motion (``G_reblur`` 0);
+    ``photo_clips`` > 0: that many handheld clips of training-split photos join the unpaired blurry (blurry frames
+    only, with their flow-derived blur)."""
     opt = lambda key, default: getattr(args, key, default)  # noqa: E731
     backbone, init = BACKBONES[opt("backbone", "dmphn_1_2_4")]
     w_sup, w_vid = (opt("w_supervised", 1.0), opt("w_video", 0.5)) if prior else (0.0, 0.0)
@@ -82,6 +93,8 @@ def config(out: Path, paired_only: bool, args, warmup: int = 0, motion: str | No
     if motion and opt("motion_lr", None) is not None:
         lrs["lr_M"] = args.motion_lr
     car = {"type": "video_flow" if w_vid else "folder", "path": str(CAR), "frame_range": [0, 40]}
+    clips = [{"type": "photo_clips", "path": str(SHARED / "sharp_photos"), "split": "train", "n_clips": photo_clips,
+              "seed": 0}] if photo_clips else []
     return TrainConfig.from_dict(dict(**lrs,
         backbone=backbone, init_weights=init, output_dir=str(out), iterations=args.iterations, crop=args.crop,
         checkpoint_every=max(args.iterations // 2, 1), tensorboard=False, precision=args.precision,
@@ -93,7 +106,7 @@ def config(out: Path, paired_only: bool, args, warmup: int = 0, motion: str | No
         data={"paired": {"type": "gopro240", "path": str(GOPRO), "frame_range": [0, 80], "n_frames": [7, 13],
                          "cache": True, "motion": bool(w_sup)},
               "unpaired_blurry": [{"type": "kernel", "path": str(GOPRO), "frame_range": [80, 100], "motion": False},
-                                  car],
+                                  car, *clips],
               "unpaired_sharp": {"type": "folder", "path": str(GOPRO), "frame_range": [0, 80]}}))
 
 
@@ -180,6 +193,11 @@ def main() -> None:
     ap.add_argument("--reblur-flow", type=float, default=0.0,
                     help="> 0 adds (b~), (b) with G's reblur term under the car clip's flow-derived blur (absolute, "
                          "linear light; G_reblur_flow W) instead of M's relative motion (100: SPEC's G_reblur)")
+    ap.add_argument("--photo-clips", type=int, default=0,
+                    help="> 0 adds (b*): (b~) whose unpaired blurry also holds N handheld clips of training-split "
+                         "photos (blurry frames only; G's and M's video terms read their flow)")
+    ap.add_argument("--only", default="",
+                    help="comma-separated run folders to train (e.g. paired_only,neurmap_prior_clips); default all")
     ap.add_argument("--spec", action="store_true", help="also run (b0): SPEC's NeurMAP, fresh M, no prior")
     ap.add_argument("--eval-n", type=int, default=None, help="evaluate at most N items per set (smoke runs)")
     ap.add_argument("--clips", type=int, default=12, help="camera-shake clips (8 frames each) in shake_clips")
@@ -204,8 +222,16 @@ def main() -> None:
         runs.append(("(b~) NeurMAP + motion prior, reblur under the video's flow", "neurmap_prior_flow",
                      dict(paired_only=False, warmup=args.warmup, motion=args.motion, prior=True,
                           reblur_flow=args.reblur_flow)))
+    if args.photo_clips:
+        runs.append(("(b*) NeurMAP + motion prior, reblur under the flow of unpaired handheld clips",
+                     "neurmap_prior_clips",
+                     dict(paired_only=False, warmup=args.warmup, motion=args.motion, prior=True,
+                          reblur_flow=args.reblur_flow or 100.0, photo_clips=args.photo_clips)))
     if args.spec:
         runs.append(("(b0) NeurMAP as SPEC", "neurmap_spec", dict(paired_only=False, warmup=args.warmup)))
+    if args.only:                        # (a) always runs: every verdict is against it
+        keep = {"paired_only", *args.only.split(",")}
+        runs = [r for r in runs if r[1] in keep]
     timing = {}
     for name, folder, kw in runs:
         out = Path(args.out) / f"{args.backbone}_{folder}"

@@ -83,6 +83,13 @@ from .trainable import run_steps
 #: Nor does the blurred probe with a tolerance replace the anchor: without it, probe within 0.3 dB, the training clips
 #: keep 7 rounds (+0.31 dB, none losing), but held out the sharp guard refuses 7 of 8 (+0.019 dB;
 #: ``bench/results/adapt_stream_probe_tol.json``): without the anchor flow rounds alter sharp content.
+#: Nor do bigger batches, yet: with 8 crops of 192² a step (nearly the whole window; ``experiments/
+#: stream_supervised_bound.py --crop 0`` lifts the supervised bound from +0.39 to +0.45 / +0.68 dB at 5e-5 / 2e-4)
+#: the training clips gain +0.65 dB with every round kept (median +0.16: one clip +4 dB), the sharp guard keeps 4 of
+#: 8 (+0.64, none losing; ``experiments/results/stream_anchor_window.json``), but held out it keeps 1 of 8 flow
+#: rounds (+0.04 dB, ``adapt_stream_window.json``, lr 2e-4 / w_reblur 100) — as today's 96² crops do at an eighth of
+#: the cost; with sharp_tol_db 2 (kept 7 of 8 training rounds, none losing) held out +0.16 dB but two rounds below
+#: the unadapted model (-0.02 / -0.05 dB; ``adapt_stream_window_tol2.json``; the oracle's motion +0.30).
 STREAM_DEFAULTS = {"params": "all", "lr": 5e-5, "w_sharp": 0.0, "min_blur_px": 0.5, "w_anchor": 10.0, "w_reblur": 300.0,
                    "sharp_guard": True, "probe_guard": False, "niqe_guard": False,   # the guard: see above
                    "flow_points": 5, "flow_preset": "fast", "flow_scale": 0.5}

@@ -10,6 +10,7 @@ can be replayed (a rejected round counts 0). ``bench/adapt_stream.py`` then runs
 photos.
 
     python experiments/stream_anchor.py [--clips 16]      # ~40 s per clip on 2 cores
+    python experiments/stream_anchor.py --set crop=192 --set batch=8 --variant 2e-4,10,300 --name NAME
 """
 from __future__ import annotations
 
@@ -55,7 +56,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clips", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--variant", action="append", default=[], metavar="LR,W_ANCHOR,W_REBLUR",
+                    help="a variant to run, repeatable (default: VARIANTS)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a stream-config key for every round, repeatable (e.g. --set crop=192 --set batch=8)")
+    ap.add_argument("--name", default="stream_anchor", help="results file NAME.json")
     args = ap.parse_args()
+    variants = [tuple(float(v) for v in item.split(",")) for item in args.variant] or VARIANTS
+    overrides = dict(item.split("=", 1) for item in args.set if "=" in item)
+    if len(overrides) != len(args.set) or any(len(v) != 3 for v in variants):
+        raise SystemExit(f"--set takes KEY=VALUE, --variant LR,W_ANCHOR,W_REBLUR; got {args.set} {args.variant}")
     G0, _, t0, load_before = shipped_start(args.threads)
     from neurmap.edge_runtime.stream_adapt import flow_worker, stream_config
 
@@ -64,9 +74,9 @@ def main() -> None:
     for photo, _e, _est, b, s, train, held in training_windows(args.clips, worker):
         after = slice(10, 16)
         p0 = psnr_frames(G0, b[after], s[after])
-        for lr, w, wr in VARIANTS:
+        for lr, w, wr in variants:
             G, res = kept_round(G0, train, held, steps=20, lr=lr, w_anchor=w, w_reblur=wr, motion_source="flow",
-                                flow_points=5)
+                                flow_points=5, **overrides)
             rounds.append({"photo": photo, "lr": lr, "w_anchor": w, "w_reblur": wr,
                            "psnr_unadapted": round(p0, 3),
                            "gain_db": round(psnr_frames(G, b[after], s[after]) - p0, 3),
@@ -76,7 +86,7 @@ def main() -> None:
                               for part in ("total", "reblur", "sharp")}})
             print(rounds[-1], flush=True)
     rows = []
-    for lr, w, wr in VARIANTS:
+    for lr, w, wr in variants:
         rs = [r for r in rounds if (r["lr"], r["w_anchor"], r["w_reblur"]) == (lr, w, wr)]
         g = np.array([r["gain_db"] for r in rs])
         ok = np.array([r["sharp_psnr"][1] >= r["sharp_psnr"][0] for r in rs])
@@ -89,10 +99,10 @@ def main() -> None:
                      "sharp+probe_accepted": int(both.sum()), "sharp+probe_mean_db": round(float((g * both).mean()), 3),
                      "sharp+probe_worst_db": round(float(g[both].min()), 3) if both.any() else None,
                      **replayed_rules(rs, g, ok)})
-    report("stream_anchor", rows, {"rounds": rounds, "clips": args.clips, "steps": 20,
-                                   "set": "photo_split train photos (never the held-out ones adapt_stream.py scores)",
-                                   "uptime_before": load_before, "uptime_after": uptime(),
-                                   "seconds": round(time.perf_counter() - t0, 1)}, results=RESULTS)
+    report(args.name, rows, {"rounds": rounds, "clips": args.clips, "steps": 20, "set": overrides,
+                             "photos": "photo_split train photos (never the held-out ones adapt_stream.py scores)",
+                             "uptime_before": load_before, "uptime_after": uptime(),
+                             "seconds": round(time.perf_counter() - t0, 1)}, results=RESULTS)
 
 
 if __name__ == "__main__":

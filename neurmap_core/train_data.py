@@ -26,7 +26,8 @@ def build_source(spec: Any, crop: int, role: str) -> Dataset:
     ``type``: ``paired`` | ``gopro240`` (GoPro-protocol synthesis from 240 fps frames) | ``photos``
     (camera shake / kernel blur over sharp photos, :class:`PhotoPairs`) | ``folder`` (images or a video) |
     ``kernel`` (kernel-synthesized blur of sharp frames) | ``video_flow`` (ordered frames of a blurry video
-    with their flow-derived blur, :class:`VideoFlowMotion`), plus ``path`` and options (``frame_range``,
+    with their flow-derived blur, :class:`VideoFlowMotion`) | ``photo_clips`` (the same for synthesized handheld
+    clips of photos, blurry frames only: :func:`photo_shake_videos`), plus ``path`` and options (``frame_range``,
     ``n_frames``, ``max_px``, ``split``, ``blur``, ``exposure``, ...; ``motion: true`` makes photos and
     gopro240 items carry their known motion). A list mixes sources: with a ``weight`` on each, drawn in those
     ratios (:class:`WeightedMix`); without, concatenated.
@@ -71,12 +72,19 @@ def build_source(spec: Any, crop: int, role: str) -> Dataset:
         if rng:
             source = torch.utils.data.Subset(source, range(*rng))  # lazy: frames read when drawn
         return D.KernelBlurred(source, crop_size=size, flip=True, **spec)
+    if kind == "photo_clips":       # synthesized handheld clips of photos, blurry frames only, flow-derived blur
+        for key in ("max_blur_px", "exposure"):
+            if isinstance(spec.get(key), list):
+                spec[key] = tuple(spec[key])
+        flow_opts = {k: spec.pop(k) for k in ("flow_scale", "seed") if k in spec}
+        clips = D.photo_shake_videos(path, **spec)
+        return ConcatDataset([D.VideoFlowMotion(list(c), crop_size=size, flip=True, **flow_opts) for c in clips])
     if kind == "video_flow":
         if "frame_range" in spec:
             spec["frame_range"] = tuple(spec["frame_range"])
         return D.VideoFlowMotion(path, crop_size=size, flip=True, **spec)
-    raise NeurmapError(f"unknown data type {kind!r} for {role}; use paired, gopro240, photos, folder, kernel "
-                       "or video_flow")
+    raise NeurmapError(f"unknown data type {kind!r} for {role}; use paired, gopro240, photos, folder, kernel, "
+                       "video_flow or photo_clips")
 
 
 def _image(sample: dict, role: str) -> torch.Tensor:

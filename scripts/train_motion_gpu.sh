@@ -22,7 +22,9 @@
 # Stage times are printed: if one runs long, lower MOTION_IT / PROOF_IT.
 # MOTION_IT, PROOF_IT, DEVICE, BATCH_M, BATCH_P, WORKERS and SYNTH override the sizes (e.g. DEVICE=cpu MOTION_IT=1
 # PROOF_IT=1 BATCH_M=2 BATCH_P=1 WORKERS=1 checks that every flag parses on a machine without a GPU).
-# REBLUR_FLOW=100 adds the proof's (b~) run (G's reblur term under the car clip's flow; ~+1.5 min, past 9 in all).
+# REBLUR_FLOW=100 adds the proof's (b~) run (G's reblur term under the car clip's flow; ~+1.5 min, past 9 in all);
+# PHOTO_CLIPS=24 adds (b*) ((b~) with 24 unpaired handheld clips of training-split photos beside the car clip; their
+# flow is derived once per worker, ~50 s of one core each).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MOTION_IT=${MOTION_IT:-1000}
@@ -47,5 +49,5 @@ stage "motion net scored"
 python bench/neurmap_proof.py --device "$DEVICE" --backbone default --motion runs/motion_gpu/final.safetensors \
   --iterations "$PROOF_IT" --batch-paired "$BATCH_P" --batch-unpaired "$BATCH_P" --lr-scale 2.8 \
   --workers "$WORKERS" --precision $precision --threads 8 --out runs/proof_gpu --name neurmap_proof_gpu \
-  ${REBLUR_FLOW:+--reblur-flow "$REBLUR_FLOW"}
+  ${REBLUR_FLOW:+--reblur-flow "$REBLUR_FLOW"} ${PHOTO_CLIPS:+--photo-clips "$PHOTO_CLIPS"}
 stage "proof done"

@@ -384,3 +384,29 @@ def test_neurmap_run_with_the_motion_prior_logs_its_M_terms(tmp_path):
     cfg.data["unpaired_blurry"] = cfg.data["unpaired_blurry"][0]             # kernel blur only: no target
     with pytest.raises(NeurmapError, match="M_video > 0 needs a data.unpaired_blurry source with motion"):
         run_training(cfg, progress=False)
+
+
+def test_photo_clips_source_is_unpaired_video_of_training_photos_only(tmp_path):
+    """``photo_clips``: blurry handheld clips of training-split photos with their flow-derived blur, no sharp frame."""
+    from neurmap.core.data.photos import is_heldout
+    from neurmap.core.train_data import build_source
+
+    rng = np.random.default_rng(0)
+    texture = np.kron(rng.random((12, 12, 1)), np.ones((8, 8, 1)))          # blocks: edges the flow can follow
+    names = [f"p{k:02d}.png" for k in range(16)]
+    held = [n for n in names if is_heldout(n)]
+    assert held and len(held) < len(names)
+    for n in names:                                   # held-out photos black, training photos bright texture
+        img = np.zeros((96, 96, 3)) if is_heldout(n) else 0.3 + 0.6 * np.repeat(texture, 3, axis=2)
+        write_image(tmp_path / n, torch.from_numpy(img.transpose(2, 0, 1)).float())
+    spec = {"type": "photo_clips", "path": str(tmp_path), "n_clips": 99, "n_frames": 4, "size": 64,
+            "max_blur_px": [10.0, 10.0], "exposure": [1.0, 1.0], "flow_scale": 1.0, "seed": 3}
+    ds = build_source(spec, 48, "unpaired_blurry")
+    assert len(ds.datasets) == len(names) - len(held) and len(ds) == 4 * len(ds.datasets)
+    items = [ds[i] for i in range(len(ds))]
+    assert all(set(it) == {"blurry", "motion"} for it in items)          # nothing sharp travels with them
+    assert min(float(it["blurry"].mean()) for it in items) > 0.2         # no held-out (black) photo drawn
+    blur = np.mean([20 * float(it["motion"].abs().mean()) for it in items])
+    assert 0.5 < blur < 6.0, blur                                        # the shake is read, not zero
+    again = build_source(spec, 48, "unpaired_blurry")
+    assert torch.equal(again[5]["blurry"], items[5]["blurry"])           # the same clips every build

@@ -13,7 +13,7 @@ from .io import (
     tensor_to_array,
     write_image,
 )
-from .photos import PhotoPairs, photo_split
+from .photos import PhotoPairs, photo_shake_videos, photo_split
 from .synthesis import (
     GoProPairs,
     affine_blur_motion,
@@ -46,5 +46,5 @@ __all__ = [
     "random_motion_field", "kernel_blur", "camera_shake_clip", "affine_blur_motion", "window_motion",
     "RandomCropFlip", "hflip", "pad_to", "pad_sample", "resize_sample",
     "PairedFolder", "UnpairedFolder", "SynthesizedGoPro", "KernelBlurred", "VideoFlowMotion", "WeightedMix",
-    "PhotoPairs", "photo_split",
+    "PhotoPairs", "photo_split", "photo_shake_videos",
 ]

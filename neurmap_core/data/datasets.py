@@ -256,6 +256,8 @@ class SynthesizedGoPro(_SeededDataset):
 class VideoFlowMotion(_SeededDataset):
     """Frames of a blurry video with their flow-derived blur: items ``blurry`` and ``motion`` ((2,H,W), pixels/20).
 
+    ``path``: a video file or image folder, or a sequence of frames in memory ((3,H,W) tensors in [0, 1]).
+
     The motion prior for M on real footage that has no ground truth (:mod:`neurmap.core.flow_motion`): frame t's
     blur is the central-difference flow of its neighbours × the exposure fraction — ``exposure`` when the camera
     reports it, else :func:`~neurmap.core.exposure.estimate_exposure` on the clip. Only frames inside
@@ -267,12 +269,14 @@ class VideoFlowMotion(_SeededDataset):
 
     motion = True      # items always carry their blur (as ``motion=True`` sources do)
 
-    def __init__(self, path: PathLike, frame_range: Optional[tuple[int, int]] = None, exposure: Optional[float] = None,
+    def __init__(self, path, frame_range: Optional[tuple[int, int]] = None, exposure: Optional[float] = None,
                  crop_size: Optional[Size] = None, flip: bool = True, flow_scale: float = 0.5,
                  seed: Optional[int] = None) -> None:
         from ..flow_motion import check_exposure
 
-        self.source = frame_source(path)
+        # a folder or video, or frames already in memory ((3,H,W) tensors in [0, 1]: a synthesized clip)
+        self.source = frame_source(path) if isinstance(path, (str, Path)) else path
+        path = path if isinstance(path, (str, Path)) else "the clip"
         self.lo, self.hi = _resolve_range(frame_range, len(self.source), path)
         need = 2 if exposure is not None else 3
         if self.hi - self.lo < need:

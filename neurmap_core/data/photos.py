@@ -33,8 +33,8 @@ import torch
 from ..errors import InputError
 from .datasets import _SeededDataset
 from .io import PathLike, list_images
-from .synthesis import (affine_blur_motion, affine_matrix, draw_motion_field, kernel_blur, linear_to_srgb,
-                        motion_fields, srgb_to_linear)
+from .synthesis import (affine_blur_motion, affine_matrix, camera_shake_clip, draw_motion_field, kernel_blur,
+                        linear_to_srgb, motion_fields, srgb_to_linear)
 
 HELDOUT_FRACTION = 0.1
 
@@ -273,5 +273,20 @@ class PhotoPairs(_SeededDataset):
         return self.recipe(d) if self.deferred else self.render(d)
 
 
-__all__ = ["PhotoPairs", "photo_split", "is_heldout", "shake_path", "render_shake", "camera_noise", "add_camera_noise",
+def photo_shake_videos(photos: PathLike, n_clips: int = 48, split: str = "train", n_frames: int = 8,
+                       size: int = 256, max_blur_px: tuple[float, float] = (8.0, 20.0),
+                       exposure: tuple[float, float] = (0.5, 1.0), seed: int = 0) -> list[torch.Tensor]:
+    """Blurry handheld clips of ``n_clips`` photos of one split — footage as a user brings it, without its sharp
+    frames: each a (n_frames, 3, size, size) :func:`camera_shake_clip` of one photo (spread over the split), its
+    shake strength and exposure fraction drawn per clip from ``max_blur_px`` and ``exposure``. Unpaired blurry
+    video for NeurMAP training (``photo_clips`` sources), whose blur the neighbours' flow tells."""
+    paths = photo_split(photos, split)
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(len(paths), size=min(int(n_clips), len(paths)), replace=False)
+    return [camera_shake_clip(str(paths[k]), n_frames=n_frames, size=(size, size),
+                              max_blur_px=float(rng.uniform(*max_blur_px)), exposure=float(rng.uniform(*exposure)),
+                              seed=int(rng.integers(2**31)))[0] for k in picks]
+
+
+__all__ = ["PhotoPairs", "photo_split", "photo_shake_videos", "is_heldout", "shake_path", "render_shake", "camera_noise", "add_camera_noise",
            "jpeg", "HELDOUT_FRACTION"]
