@@ -34,7 +34,9 @@ no evaluation set shows. Its G_reblur_flow weight was chosen on training-split p
 / -0.14 dB from (a)), so 100; measured (``--photo-clips 24``, bench/results/neurmap_proof_clips.json) PSNR
 +0.03 / -0.00 / +0.01 dB, LPIPS +0.0015 / +0.0017 / +0.0010, NIQE -0.06: even under the true kind of blur with
 accurate flow, 150 iterations of the reblur term do not add to what the paired term (and the start's photo pairs)
-teach.
+teach. From DMPHN 1-2-4, which never saw photo blur (``--backbone dmphn_1_2_4 --photo-clips 24 --eval-n 12``,
+bench/results/neurmap_proof_dmphn_clips.json): photo_kernel +0.43 dB and LPIPS -0.004, NIQE -0.17, but
+gopro_kernel -0.24 dB and shake_clips -0.03 dB (LPIPS +0.002 / +0.001) — mixed, not a win.
 
 Held out for evaluation (never drawn in training by either run, nor by the shipped G or M):
 * ``gopro_kernel``: kernel blur of gopro240 frames 100-119 (every 3rd, whole frames at 640x360): PSNR, SSIM, LPIPS
