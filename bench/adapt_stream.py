@@ -244,10 +244,11 @@ def main() -> None:
         print("car", car, flush=True)
 
     # cost
-    x = torch.rand(4, 3, 96, 96)
+    rc = stream_config(overrides)                       # the forward on the round's own crops (batch x crop²)
+    x = torch.rand(rc.batch, 3, rc.crop, rc.crop)
     with torch.no_grad():
         fwd = time_it(lambda: (G0(x), M0(x)), repeat=5)
-    cost = {"G_plus_M_forward_s": round(fwd, 4)}
+    cost = {"G_plus_M_forward_s": round(fwd, 4), "forward_on": f"{rc.batch} x {rc.crop}^2"}
     for s in sources:
         st = [r["step_s"] for r in rows if r["source"] == s and r["step_s"] > 0]
         ms = [r["m_step_s"] for r in rows if r["source"] == s and r["m_step_s"]]

@@ -60,7 +60,7 @@ from .trainable import run_steps
 #: no guard 24 (+0.177 dB, 9 losing, worst -0.58). The rounds that lost most had G alter sharp images (sharp
 #: probe -2 to -3 dB): what over-read flow teaches.
 #:
-#: the stream path's defaults (the issue's check: 20 plain Adam steps, all weights at 5e-5, 96² crops). Velocity
+#: the stream path's defaults (the issue's check: 20 plain Adam steps, all weights at 5e-5; crops: below). Velocity
 #: from the five-point stencil with DIS "fast" at half scale: on camera-shake clips its blur is 10-30 % closer to
 #: the known one than the central difference's (with each one's estimated exposure; ``bench/adapt_stream.py``), as
 #: close at half scale as at full; at 640×360, with the stencil combined at half scale and upsampled once, its 4
@@ -83,15 +83,20 @@ from .trainable import run_steps
 #: Nor does the blurred probe with a tolerance replace the anchor: without it, probe within 0.3 dB, the training clips
 #: keep 7 rounds (+0.31 dB, none losing), but held out the sharp guard refuses 7 of 8 (+0.019 dB;
 #: ``bench/results/adapt_stream_probe_tol.json``): without the anchor flow rounds alter sharp content.
-#: Nor do bigger batches, yet: with 8 crops of 192² a step (nearly the whole window; ``experiments/
-#: stream_supervised_bound.py --crop 0`` lifts the supervised bound from +0.39 to +0.45 / +0.68 dB at 5e-5 / 2e-4)
-#: the training clips gain +0.65 dB with every round kept (median +0.16: one clip +4 dB), the sharp guard keeps 4 of
-#: 8 (+0.64, none losing; ``experiments/results/stream_anchor_window.json``), but held out it keeps 1 of 8 flow
-#: rounds (+0.04 dB, ``adapt_stream_window.json``, lr 2e-4 / w_reblur 100) — as today's 96² crops do at an eighth of
-#: the cost; with sharp_tol_db 2 (kept 7 of 8 training rounds, none losing) held out +0.16 dB but two rounds below
-#: the unadapted model (-0.02 / -0.05 dB; ``adapt_stream_window_tol2.json``; the oracle's motion +0.30).
-STREAM_DEFAULTS = {"params": "all", "lr": 5e-5, "w_sharp": 0.0, "min_blur_px": 0.5, "w_anchor": 10.0, "w_reblur": 300.0,
-                   "sharp_guard": True, "probe_guard": False, "niqe_guard": False,   # the guard: see above
+#: Then the pixels a step: 20 steps of 4 × 96² see a tenth of a 10-frame window; the whole window each step lifts
+#: the supervised bound from +0.39 to +0.45 / +0.68 dB at 5e-5 / 2e-4 (``experiments/stream_supervised_bound.py
+#: --crop 0``), so a round now takes 8 crops of 192² (``batch``, ``crop``). On the 8 training clips
+#: (``experiments/results/stream_anchor_window*.json``, guards off) that alone gains +0.65 dB (median +0.16: one
+#: clip +4 dB), but the sharp guard keeps 4 of 8 and held out 1 of 8 (+0.04 dB, ``adapt_stream_window.json``): with
+#: more pixels G also alters sharp crops more. A stronger anchor against it, ``w_anchor`` 30, with the sharp probe
+#: allowed to fall ``sharp_tol_db`` 1 dB (already-sharp crops at 35-42 dB), keeps 7 of 8 training rounds, +0.69 dB,
+#: worst +0.06 (w_anchor 10 with 2 dB: 7, worst +0.02; lr 2e-4 / w_reblur 100 / w_anchor 30: 6, +0.69; w_anchor 100:
+#: 7, worst -0.06). Held out (``bench/results/adapt_stream.json``) it keeps 6 of 8 flow rounds, +0.22 dB, none below
+#: the unadapted model (96² crops: 2 of 8, +0.04; w_anchor 10 at 2 dB: +0.16 but two at -0.02 / -0.05). The cost:
+#: 8× the pixels a step, the same per crop (``cost`` in that JSON).
+STREAM_DEFAULTS = {"params": "all", "lr": 5e-5, "w_sharp": 0.0, "min_blur_px": 0.5, "w_anchor": 30.0, "w_reblur": 300.0,
+                   "crop": 192, "batch": 8,
+                   "sharp_guard": True, "sharp_tol_db": 1.0, "probe_guard": False, "niqe_guard": False,  # the guard
                    "flow_points": 5, "flow_preset": "fast", "flow_scale": 0.5}
 
 

@@ -321,3 +321,17 @@ def test_five_point_velocity_reads_fast_shake_better_than_the_central_difference
     assert v5 / true == pytest.approx((8 * np.sin(w) - np.sin(2 * w)) / (6 * w), abs=0.08)
     with pytest.raises(InputError, match="stencil of 4 points"):
         velocity(frames, 2, points=4)
+
+
+def test_stream_sharp_guard_tolerates_a_small_fall_of_the_sharp_probe_only():
+    """The stream default lets the sharp probe fall up to sharp_tol_db (1 dB) when the score falls; more is refused."""
+    from neurmap.edge_runtime.guard import Score, refusal
+
+    cfg = stream_config()
+    assert cfg.sharp_guard and cfg.sharp_tol_db > 0
+    before = Score(0.40, 0.0010, 0.0090, sharp_psnr=40.0)
+    within = Score(0.30, 0.0008, 0.0070, sharp_psnr=40.0 - 0.5 * cfg.sharp_tol_db)
+    beyond = Score(0.30, 0.0008, 0.0070, sharp_psnr=40.0 - 1.5 * cfg.sharp_tol_db)
+    assert refusal(before, within, cfg) == ""
+    assert "already-sharp" in refusal(before, beyond, cfg)
+    assert "already-sharp" in refusal(before, within, stream_config({"sharp_tol_db": 0.0}))
