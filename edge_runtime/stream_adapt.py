@@ -74,8 +74,8 @@ from .trainable import run_steps
 #: w_reblur 10 / 30 / 100 / 300 / 1000 gain +0.36 / +0.44 / +0.48 / +0.45 / +0.37 dB with every round kept and
 #: +0.34 / +0.39 / +0.43 / +0.40 / +0.37 behind this guard (score + sharp probe: 15 / 14 / 11 / 9 / 8 kept), whose
 #: worst kept round is -0.26 / -0.20 / -0.08 / +0.01 / +0.02 dB: 300 is the least weight at which no kept round
-#: lost. Held out (bench/results/adapt_stream.json) it
-#: keeps 2 of 8 flow rounds, +0.04 dB, none below the unadapted model (w_reblur 10: 8 kept, +0.17, worst -0.30).
+#: lost. Held out, with 4 crops of 96² (bench/results/adapt_stream.json before the crops below), it kept 2 of 8 flow
+#: rounds, +0.04 dB, none below the unadapted model (w_reblur 10: 8 kept, +0.17, worst -0.30).
 #: ``reblur_guard`` (the reblur part itself must drop, not only the total the anchor can carry) stays off: on those
 #: clips it keeps 6 rounds at 5e-5 (+0.27 dB, worst -0.19) and 5 at 2e-4 (+0.45, worst +0.08), but held out
 #: (``bench/results/adapt_stream_reblur_guard.json``, lr 2e-4) it kept 3 of 8, -0.055 dB, worst -0.42, and refused

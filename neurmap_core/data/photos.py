@@ -288,5 +288,5 @@ def photo_shake_videos(photos: PathLike, n_clips: int = 48, split: str = "train"
                               seed=int(rng.integers(2**31)))[0] for k in picks]
 
 
-__all__ = ["PhotoPairs", "photo_split", "photo_shake_videos", "is_heldout", "shake_path", "render_shake", "camera_noise", "add_camera_noise",
-           "jpeg", "HELDOUT_FRACTION"]
+__all__ = ["PhotoPairs", "photo_split", "photo_shake_videos", "is_heldout", "shake_path", "render_shake",
+           "camera_noise", "add_camera_noise", "jpeg", "HELDOUT_FRACTION"]
