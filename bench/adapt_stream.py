@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import report, time_it  # noqa: E402
+from common import key_values, report, time_it  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 EXPOSURES = (0.3, 0.5, 0.75, 1.0)
@@ -131,9 +131,7 @@ def main() -> None:
     ap.add_argument("--name", default="adapt_stream", help="results file NAME.json")
     ap.add_argument("--results", type=Path, default=None, help="folder for NAME.json (default bench/results)")
     args = ap.parse_args()
-    overrides = dict(item.split("=", 1) for item in args.set if "=" in item)
-    if len(overrides) != len(args.set):
-        raise SystemExit(f"--set takes KEY=VALUE (e.g. lr=2e-4), got {args.set}")
+    overrides = key_values(args.set)
     torch.set_num_threads(1)
     torch.manual_seed(0)
     from neurmap.core import load_motion, load_weights

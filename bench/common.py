@@ -36,6 +36,15 @@ def uptime() -> str:
         return f"load average {os.getloadavg()}"
 
 
+def key_values(items: list[str], flag: str = "--set") -> dict[str, str]:
+    """``KEY=VALUE`` command-line items as a dict (AdaptConfig.from_dict types the values); exits in one line
+    on an item without ``=``."""
+    out = dict(item.split("=", 1) for item in items if "=" in item)
+    if len(out) != len(items):
+        raise SystemExit(f"{flag} takes KEY=VALUE (e.g. lr=2e-4), got {items}")
+    return out
+
+
 def machine() -> dict:
     import torch
     return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),

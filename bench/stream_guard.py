@@ -52,16 +52,17 @@ def rules(tol: float = 0.0) -> dict:
             "score + sharp (stream default)": lambda r: fell(r) and sharp(r)}
 
 
-def training_windows(n: int, worker):
+def training_windows(n: int, worker=None):
     """The clips every stream-guard choice is made on: per one of ``n`` training-split photos (spread over the
     sorted list), its 16-frame camera-shake clip, the exposure estimated on the window (frames 0-9) and the
-    window's flow-derived items split as a round splits them. Yields (photo, exposure, estimate, blurry, sharp,
-    train, held)."""
+    window's flow-derived items (flow by ``worker``, the stream path's default one if None) split as a round
+    splits them. Yields (photo, exposure, estimate, blurry, sharp, train, held)."""
     from neurmap.core.data import camera_shake_clip
     from neurmap.core.data.photos import photo_split
     from neurmap.core.exposure import estimate_exposure
-    from neurmap.edge_runtime.stream_adapt import motion_frames
+    from neurmap.edge_runtime.stream_adapt import flow_worker, motion_frames, stream_config
 
+    worker = worker or flow_worker(stream_config())
     photos = photo_split(DATA / "sharp_photos", "train")
     for k, i in enumerate(np.linspace(0, len(photos) - 1, n).round().astype(int)):
         e = EXPOSURES[k % len(EXPOSURES)]

@@ -20,20 +20,19 @@ import time
 from pathlib import Path
 
 import _setup  # noqa: F401  (bench/ on sys.path)
-import numpy as np
 import torch
 from common import report, uptime
 from neurmap_proof import SHARED, config, score_sets
 
 from neurmap.core.data import PhotoPairs, camera_shake_clip, photo_split
+from neurmap.core.data.photos import shake_video_photos
 from neurmap.core.train import run_training
 
 
 def validation_sets(n_clips_unpaired: int, n_val: int = 6, seed: int = 0) -> dict:
-    """Validation pairs from training-split photos the unpaired clips leave out (same rng as photo_shake_videos)."""
-    paths = photo_split(SHARED / "sharp_photos", "train")
-    used = set(np.random.default_rng(seed).choice(len(paths), size=n_clips_unpaired, replace=False).tolist())
-    free = [p for i, p in enumerate(paths) if i not in used]
+    """Validation pairs from training-split photos the unpaired clips leave out."""
+    used = set(shake_video_photos(SHARED / "sharp_photos", n_clips_unpaired, "train", seed))
+    free = [p for p in photo_split(SHARED / "sharp_photos", "train") if p not in used]
     clips = [camera_shake_clip(str(free[(37 * k) % len(free)]), n_frames=8, size=(256, 256), max_blur_px=15.0,
                                seed=900 + k) for k in range(n_val)]
     shake = [(b, s) for c in clips for b, s in zip(c[0], c[1])]

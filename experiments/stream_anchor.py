@@ -21,7 +21,7 @@ import numpy as np
 
 from _setup import RESULTS, shipped_start  # noqa: I001  (first: puts bench/ on sys.path)
 from adapt_stream import psnr_frames
-from common import report, uptime
+from common import key_values, report, uptime
 from stream_guard import kept_round, training_windows
 
 #: (lr, w_anchor, w_reblur): the defaults before the anchor, with it, faster rates, then the reblur term's weight
@@ -63,15 +63,12 @@ def main() -> None:
     ap.add_argument("--name", default="stream_anchor", help="results file NAME.json")
     args = ap.parse_args()
     variants = [tuple(float(v) for v in item.split(",")) for item in args.variant] or VARIANTS
-    overrides = dict(item.split("=", 1) for item in args.set if "=" in item)
-    if len(overrides) != len(args.set) or any(len(v) != 3 for v in variants):
-        raise SystemExit(f"--set takes KEY=VALUE, --variant LR,W_ANCHOR,W_REBLUR; got {args.set} {args.variant}")
+    overrides = key_values(args.set)
+    if any(len(v) != 3 for v in variants):
+        raise SystemExit(f"--variant takes LR,W_ANCHOR,W_REBLUR, got {args.variant}")
     G0, _, t0, load_before = shipped_start(args.threads)
-    from neurmap.edge_runtime.stream_adapt import flow_worker, stream_config
-
-    worker = flow_worker(stream_config())
     rounds = []
-    for photo, _e, _est, b, s, train, held in training_windows(args.clips, worker):
+    for photo, _e, _est, b, s, train, held in training_windows(args.clips):
         after = slice(10, 16)
         p0 = psnr_frames(G0, b[after], s[after])
         for lr, w, wr in variants:

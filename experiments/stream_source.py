@@ -41,11 +41,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     G0, M0, t0, load_before = shipped_start(args.threads)
-    from neurmap.edge_runtime.stream_adapt import flow_worker, stream_config
-
-    worker = flow_worker(stream_config())
     rounds = []
-    for photo, _e, _est, b, s, train, held in training_windows(args.clips, worker):
+    for photo, _e, _est, b, s, train, held in training_windows(args.clips):
         after = slice(10, 16)
         p0 = psnr_frames(G0, b[after], s[after])
         for source, overrides in SOURCES.items():

@@ -49,22 +49,18 @@ def build_source(spec: Any, crop: int, role: str) -> Dataset:
     if path is None or not Path(path).exists():
         raise NeurmapError(f"data source {path!r} for {role} does not exist; fix data.{role} in the config")
     size = (crop, crop)
+    for key in ("frame_range", "n_frames", "exposure", "scale", "max_blur_px"):   # YAML lists -> the tuples taken
+        if isinstance(spec.get(key), list):
+            spec[key] = tuple(spec[key])
     if kind == "paired":
         return D.PairedFolder(path, crop_size=size, flip=True, **spec)
     if kind == "gopro240":
-        if "frame_range" in spec:
-            spec["frame_range"] = tuple(spec["frame_range"])
-        if "n_frames" in spec and isinstance(spec["n_frames"], list):
-            spec["n_frames"] = tuple(spec["n_frames"])
         return D.SynthesizedGoPro(path, crop_size=size, flip=True, **spec)
     if kind == "folder":
         rng = spec.pop("frame_range", None)
         ds = D.UnpairedFolder(path, crop_size=size, flip=True, **spec)
         return torch.utils.data.Subset(ds, range(*rng)) if rng else ds
     if kind == "photos":
-        for key in ("exposure", "scale"):
-            if isinstance(spec.get(key), list):
-                spec[key] = tuple(spec[key])
         return D.PhotoPairs(path, crop_size=crop, **spec)
     if kind == "kernel":
         rng = spec.pop("frame_range", None)
@@ -73,15 +69,10 @@ def build_source(spec: Any, crop: int, role: str) -> Dataset:
             source = torch.utils.data.Subset(source, range(*rng))  # lazy: frames read when drawn
         return D.KernelBlurred(source, crop_size=size, flip=True, **spec)
     if kind == "photo_clips":       # synthesized handheld clips of photos, blurry frames only, flow-derived blur
-        for key in ("max_blur_px", "exposure"):
-            if isinstance(spec.get(key), list):
-                spec[key] = tuple(spec[key])
         flow_opts = {k: spec.pop(k) for k in ("flow_scale", "seed") if k in spec}
         clips = D.photo_shake_videos(path, **spec)
         return ConcatDataset([D.VideoFlowMotion(list(c), crop_size=size, flip=True, **flow_opts) for c in clips])
     if kind == "video_flow":
-        if "frame_range" in spec:
-            spec["frame_range"] = tuple(spec["frame_range"])
         return D.VideoFlowMotion(path, crop_size=size, flip=True, **spec)
     raise NeurmapError(f"unknown data type {kind!r} for {role}; use paired, gopro240, photos, folder, kernel, "
                        "video_flow or photo_clips")
@@ -161,7 +152,7 @@ class BatchSampler:
         self.partial_unpaired_motion = bool(video_terms) and not cfg.motion_only and not cfg.paired_only
         if self.partial_unpaired_motion and not _yields_motion(self.sources["unpaired_blurry"]):
             raise NeurmapError(f"loss_weights.{video_terms[0]} > 0 needs a data.unpaired_blurry source with motion "
-                               f"targets (video_flow); add one or set {video_terms[0]}: 0")
+                               f"targets (video_flow, photo_clips); add one or set {video_terms[0]}: 0")
         self.cfg, self.rank, self.world = cfg, rank, world
         # synthesis_device: the paired sources' blur rendered in the main process on the training device
         self.device = torch.device(device if device is not None else "cpu")

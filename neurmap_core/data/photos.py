@@ -280,13 +280,23 @@ def photo_shake_videos(photos: PathLike, n_clips: int = 48, split: str = "train"
     frames: each a (n_frames, 3, size, size) :func:`camera_shake_clip` of one photo (spread over the split), its
     shake strength and exposure fraction drawn per clip from ``max_blur_px`` and ``exposure``. Unpaired blurry
     video for NeurMAP training (``photo_clips`` sources), whose blur the neighbours' flow tells."""
+    picked, rng = _shake_video_draw(photos, n_clips, split, seed)
+    return [camera_shake_clip(str(path), n_frames=n_frames, size=(size, size),
+                              max_blur_px=float(rng.uniform(*max_blur_px)), exposure=float(rng.uniform(*exposure)),
+                              seed=int(rng.integers(2**31)))[0] for path in picked]
+
+
+def shake_video_photos(photos: PathLike, n_clips: int = 48, split: str = "train", seed: int = 0) -> list[Path]:
+    """The photos :func:`photo_shake_videos` makes its clips of (same arguments): what a validation set leaves out."""
+    return _shake_video_draw(photos, n_clips, split, seed)[0]
+
+
+def _shake_video_draw(photos, n_clips: int, split: str, seed: int) -> tuple[list[Path], np.random.Generator]:
     paths = photo_split(photos, split)
     rng = np.random.default_rng(seed)
     picks = rng.choice(len(paths), size=min(int(n_clips), len(paths)), replace=False)
-    return [camera_shake_clip(str(paths[k]), n_frames=n_frames, size=(size, size),
-                              max_blur_px=float(rng.uniform(*max_blur_px)), exposure=float(rng.uniform(*exposure)),
-                              seed=int(rng.integers(2**31)))[0] for k in picks]
+    return [paths[k] for k in picks], rng
 
 
-__all__ = ["PhotoPairs", "photo_split", "photo_shake_videos", "is_heldout", "shake_path", "render_shake",
+__all__ = ["PhotoPairs", "photo_split", "photo_shake_videos", "shake_video_photos", "is_heldout", "shake_path", "render_shake",
            "camera_noise", "add_camera_noise", "jpeg", "HELDOUT_FRACTION"]
