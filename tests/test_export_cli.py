@@ -95,3 +95,25 @@ def test_bench_rows(weights, tmp_path):
     assert names[0] == "pytorch eager" and "onnx fp32" in names
     assert all("status" in x for x in rows)
     assert next(x for x in rows if x["name"] == "onnx fp32")["p50_ms"] > 0
+
+
+def test_export_says_when_its_int8_artifact_fails_the_parity_gate(tmp_path):
+    """Two calibration frames give an INT8 net below check's 35 dB vs float: export writes it, but never silently."""
+    import torch.nn.functional as F
+
+    from neurmap.core.data import gopro_pairs_from_folder, write_image
+
+    gopro = shared_path("gopro240", "GOPR0477_11_00")
+    pairs = gopro_pairs_from_folder(gopro, n_frames=7, stride=30, frame_range=(80, 120), seed=0)
+    for i in range(2):
+        for side, t in zip(("blur", "sharp"), pairs[i]):
+            write_image(tmp_path / "few" / side / f"{i:03d}.png", F.interpolate(t[None], size=(256, 448), mode="area")[0])
+    args = ["export", "-t", "ort", "-w", "default", "-p", "int8", "--shape", "256x448", "--json"]
+    few = runner.invoke(app, [*args, "--calib", str(tmp_path / "few"), "-o", str(tmp_path / "few.onnx")])
+    assert few.exit_code == 0 and (tmp_path / "few.onnx").exists()
+    out = json.loads(few.stdout[few.stdout.index("{"):])
+    assert out["parity"]["psnr_vs_float"] < 35.0 and out["gate_failures"]
+    assert "fails the parity gate" in few.output and "got 2 of the 32 asked" in few.output
+    good = runner.invoke(app, [*args, "--calib", str(gopro), "-o", str(tmp_path / "good.onnx")])
+    res = json.loads(good.stdout[good.stdout.index("{"):])
+    assert good.exit_code == 0 and res["parity"]["psnr_vs_float"] >= 35.0 and "gate_failures" not in res
